@@ -1,0 +1,5 @@
+"""``opplan plan`` (see planner.cli)."""
+
+from __future__ import annotations
+
+from planner.cli import cli  # noqa: F401

@@ -1,0 +1,5 @@
+"""``opplan schedules`` (see planner.cli)."""
+
+from __future__ import annotations
+
+from planner.cli import cli  # noqa: F401

@@ -1,0 +1,59 @@
+"""``opplan simulate`` and ``opplan validate``: replay a schedule and report on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from planner.cli import cli
+from planner.commands.common import load_inputs, scenario_argument, write_reports
+from simulator.engine import replay
+from simulator.errors import ScheduleRejected
+from simulator.metrics import build_report
+from simulator.report import print_report
+
+_schedule_option = click.option(
+    "--schedule", "schedule_path", type=click.Path(dir_okay=False, path_type=Path), help="schedule file (JSON or YAML)"
+)
+
+
+@cli.command()
+@scenario_argument
+@_schedule_option
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON")
+def simulate(scenario: Path, schedule_path: Path | None, trace_path: Path | None, json_path: Path | None) -> None:
+    """Replay a schedule on the scenario's cluster and print the report."""
+    problem_scenario, schedule, used = load_inputs(scenario, schedule_path)
+    try:
+        timeline = replay(problem_scenario.problem, schedule)
+    except ScheduleRejected as exc:
+        exc.file = str(used)
+        raise
+    report = build_report(timeline)
+    print_report(report, Console(), title=f"{problem_scenario.name}: schedule {schedule.name or used.name}")
+    write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario, used])
+    if timeline.violations:
+        raise ScheduleRejected(list(timeline.violations), file=str(used))
+
+
+@cli.command()
+@scenario_argument
+@_schedule_option
+def validate(scenario: Path, schedule_path: Path | None) -> None:
+    """Check a schedule: every dependency, deadlock, missing task and memory limit."""
+    problem_scenario, schedule, used = load_inputs(scenario, schedule_path)
+    try:
+        timeline = replay(problem_scenario.problem, schedule)
+    except ScheduleRejected as exc:
+        exc.file = str(used)
+        raise
+    if timeline.violations:
+        raise ScheduleRejected(list(timeline.violations), file=str(used))
+    report = build_report(timeline)
+    click.echo(
+        f"{used}: valid: {len(schedule)} tasks on {len(schedule.devices)} devices,"
+        f" makespan {report.makespan * 1e3:.6g} ms, peak memory {report.peak_memory / 1e9:.4g} GB"
+    )

@@ -1,0 +1,36 @@
+"""Writing output files without ever clobbering what the user wrote.
+
+An output path that names one of the command's inputs is refused, and files are
+written to a temporary name first and renamed into place, so a failure midway never
+leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from simulator.errors import InputError
+
+__all__ = ["write_output"]
+
+
+def write_output(path: str | Path, text: str, *, inputs: Iterable[str | Path] = (), option: str = "output") -> Path:
+    target = Path(path)
+    for source in inputs:
+        if source and target.exists() and Path(source).exists() and target.resolve() == Path(source).resolve():
+            raise InputError(f"refusing to overwrite input file {source}", field=option)
+    if target.parent and not target.parent.exists():
+        raise InputError(f"folder {target.parent} does not exist", file=str(target), field=option)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target

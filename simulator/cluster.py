@@ -1,0 +1,174 @@
+"""The cluster: devices (the *machines*), and directed links between endpoints.
+
+Endpoints are devices and switches. A transfer from one device to another follows the
+route (the lowest-latency path of links) and holds every link on it while it runs, so
+transfers that share a link contend. A transfer of ``S`` bytes over a route with total
+latency ``L`` and bottleneck bandwidth ``W`` takes ``L + S / W``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+from typing import Mapping
+
+import networkx as nx
+
+from simulator.errors import InputError
+
+__all__ = ["Device", "Link", "Cluster", "Route"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """One accelerator. ``peak_flops`` is dense peak; ``efficiency`` the achieved fraction."""
+
+    name: str
+    type: str
+    memory_bytes: float
+    peak_flops: float
+    efficiency: float = 1.0
+    node: int = 0
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes <= 0:
+            raise InputError(f"memory must be positive, got {self.memory_bytes:g}", field=f"devices.{self.name}.memory")
+        if self.peak_flops <= 0:
+            raise InputError(f"peak FLOP/s must be positive, got {self.peak_flops:g}", field=f"devices.{self.name}.peak")
+        if not 0 < self.efficiency <= 1:
+            raise InputError(f"efficiency must be in (0, 1], got {self.efficiency:g}", field=f"devices.{self.name}.efficiency")
+
+    @property
+    def effective_flops(self) -> float:
+        return self.peak_flops * self.efficiency
+
+
+@dataclass(frozen=True)
+class Link:
+    """A directed link between two endpoints: bandwidth in bytes/s, latency in seconds."""
+
+    name: str
+    src: str
+    dst: str
+    bandwidth: float
+    latency: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.bandwidth <= 0:
+            raise InputError(f"bandwidth must be positive, got {self.bandwidth:g}", field=f"links.{self.name}.bandwidth")
+        if self.latency < 0:
+            raise InputError(f"latency must not be negative, got {self.latency:g}", field=f"links.{self.name}.latency")
+
+
+@dataclass(frozen=True)
+class Route:
+    """The links a transfer holds; ``latency`` summed, ``bandwidth`` the bottleneck."""
+
+    links: tuple[str, ...]
+    latency: float
+    bandwidth: float
+
+    def transfer_time(self, size: float) -> float:
+        """``L + S / W``; zero for an empty route (same device) or an ideal interconnect."""
+        if not self.links:
+            return 0.0
+        return self.latency + (size / self.bandwidth if size else 0.0)
+
+
+LOCAL = Route(links=(), latency=0.0, bandwidth=float("inf"))
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Devices and links. ``ideal_interconnect`` makes every transfer free (textbook setting)."""
+
+    name: str
+    devices: tuple[Device, ...]
+    links: tuple[Link, ...] = ()
+    ideal_interconnect: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "devices", tuple(self.devices))
+        object.__setattr__(self, "links", tuple(self.links))
+        if not self.devices:
+            raise InputError("a cluster needs at least one device", field="cluster.devices")
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise InputError("duplicate device names", field="cluster.devices")
+        link_names = [link.name for link in self.links]
+        if len(set(link_names)) != len(link_names):
+            raise InputError("duplicate link names", field="cluster.links")
+
+    @cached_property
+    def by_name(self) -> Mapping[str, Device]:
+        return MappingProxyType({d.name: d for d in self.devices})
+
+    @cached_property
+    def link_by_name(self) -> Mapping[str, Link]:
+        return MappingProxyType({link.name: link for link in self.links})
+
+    @cached_property
+    def _topology(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        graph.add_nodes_from(d.name for d in self.devices)
+        for link in self.links:
+            # Weight by latency, with a tiny per-hop term so ties prefer fewer hops.
+            graph.add_edge(link.src, link.dst, name=link.name, weight=link.latency + 1e-12)
+        return graph
+
+    @cached_property
+    def _routes(self) -> dict[tuple[str, str], Route]:
+        return {}
+
+    def route(self, src: str, dst: str) -> Route:
+        """The route from device ``src`` to device ``dst`` (cached).
+
+        Raises :class:`InputError` when the devices are unknown or not connected.
+        """
+        if src == dst or self.ideal_interconnect:
+            if src not in self.by_name or dst not in self.by_name:
+                raise InputError(f"unknown device {src if src not in self.by_name else dst!r}", field="cluster.devices")
+            return LOCAL
+        key = (src, dst)
+        cached = self._routes.get(key)
+        if cached is not None:
+            return cached
+        for end in key:
+            if end not in self.by_name:
+                raise InputError(f"unknown device {end!r}", field="cluster.devices")
+        try:
+            path = nx.shortest_path(self._topology, src, dst, weight="weight")
+        except nx.NetworkXNoPath:
+            raise InputError(f"no route from {src} to {dst}", field="cluster.links") from None
+        names = tuple(self._topology.edges[u, v]["name"] for u, v in zip(path, path[1:]))
+        links = [self.link_by_name[n] for n in names]
+        route = Route(
+            links=names,
+            latency=sum(link.latency for link in links),
+            bandwidth=min(link.bandwidth for link in links),
+        )
+        self._routes[key] = route
+        return route
+
+    def collective_time(self, device: str, size: float) -> float:
+        """Time for ``device`` to push ``size`` bytes through its slowest outgoing link.
+
+        Used for communication operators (all-to-all dispatch/combine, all-reduce
+        shares) that are modelled as tasks on the device's communication stream.
+        """
+        if self.ideal_interconnect or size == 0:
+            return 0.0
+        out = [link for link in self.links if link.src == device]
+        if not out:
+            return 0.0
+        slowest = min(out, key=lambda link: link.bandwidth)
+        # A collective crosses the network both ways: one hop out, one hop in.
+        return 2 * slowest.latency + size / slowest.bandwidth
+
+    def transfer_time(self, src: str, dst: str, size: float) -> float:
+        return self.route(src, dst).transfer_time(size)
+
+    @property
+    def device_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.devices)

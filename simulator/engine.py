@@ -1,0 +1,354 @@
+"""Replaying a schedule on a SimPy model of the cluster.
+
+Each device has one SimPy process per stream (``compute``, ``comm``) that walks its
+entries in the listed order: an entry starts once every input has *arrived on this
+device* and the stream is free (and not before its declared ``start``, if any). When
+a task finishes, its outputs go to the devices of the tasks that consume them: at
+once on the same device, otherwise as a transfer process that holds every link of the
+route (SimPy ``Resource`` of capacity 1, acquired in a fixed order so transfers never
+deadlock each other) for ``latency + bytes / bandwidth``. Memory is a SimPy
+``Container`` per device; every allocation is checked against the capacity.
+
+When the event queue runs dry with entries still waiting, the schedule deadlocks: the
+streams' wait-for relation is followed to name the cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
+
+import simpy
+
+from simulator.cluster import Route
+from simulator.errors import ScheduleRejected
+from simulator.problem import Problem, Task
+from simulator.schedule import Entry, Schedule
+from simulator.validation import static_violations, stream_of
+
+__all__ = ["Executed", "Transfer", "Timeline", "replay", "simulate"]
+
+
+class Executed(NamedTuple):
+    """An entry as it ran: on which device and stream, from ``start`` to ``end`` (seconds)."""
+
+    device: str
+    stream: str
+    entry: Entry
+    start: float
+    end: float
+
+
+class Transfer(NamedTuple):
+    """A tensor moved between devices: ``pred``'s output for ``consumer``."""
+
+    pred: Task
+    consumer: Task
+    src: str
+    dst: str
+    bytes: float
+    start: float
+    end: float
+    links: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Everything that happened in one replay, plus every violation it found."""
+
+    problem: Problem
+    schedule: Schedule
+    executed: tuple[Executed, ...]
+    transfers: tuple[Transfer, ...]
+    #: Per device: (time, bytes in use) after each change, starting with static memory at 0.
+    memory: Mapping[str, tuple[tuple[float, float], ...]]
+    static_memory: Mapping[str, float]
+    violations: tuple[str, ...]
+    makespan: float
+    completed: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+#: Flat key of a delivered tensor: (pred_op, pred_kind, mb, consumer_op, consumer_kind).
+_Key = tuple
+
+
+class _StreamState:
+    __slots__ = ("device", "stream", "entries", "position", "waiting_on", "done")
+
+    def __init__(self, device: str, stream: str, entries: list[Entry]):
+        self.device = device
+        self.stream = stream
+        self.entries = entries
+        self.position = 0
+        self.waiting_on: _Key | None = None
+        self.done = False
+
+
+def replay(problem: Problem, schedule: Schedule) -> Timeline:
+    """Replay ``schedule``; static violations raise :class:`ScheduleRejected` at once,
+    run-time ones (deadlock, memory over capacity, an impossible declared start) are
+    returned in ``Timeline.violations``."""
+    static = static_violations(problem, schedule)
+    if static:
+        raise ScheduleRejected(static)
+    return _Replay(problem, schedule).run()
+
+
+def simulate(problem: Problem, schedule: Schedule) -> Timeline:
+    """Replay and reject on any violation: the strict entry point for hand-written schedules."""
+    timeline = replay(problem, schedule)
+    if timeline.violations:
+        raise ScheduleRejected(list(timeline.violations))
+    return timeline
+
+
+class _Replay:
+    """One replay's mutable state; the public surface is :func:`replay`."""
+
+    def __init__(self, problem: Problem, schedule: Schedule):
+        self.problem = problem
+        self.schedule = schedule
+        self.env = simpy.Environment()
+        self.placement: dict[tuple, str] = schedule.placement()
+        self.arrival: dict[_Key, float] = {}
+        self.waiting: dict[_Key, simpy.Event] = {}
+        self.executed: list[Executed] = []
+        self.transfers: list[Transfer] = []
+        self.violations: list[str] = []
+        cluster = problem.cluster
+        self.links = {link.name: simpy.Resource(self.env, capacity=1) for link in cluster.links}
+        self.capacity = {d.name: d.memory_bytes for d in cluster.devices}
+        self.over_capacity: dict[str, tuple[float, float]] = {}
+        self.deps = problem.dependency_template
+        self.cons = problem.consumer_template
+        self.task_memory = {key: self._task_memory(*key) for key in self.deps}
+        # Memory: static (weights, gradients, optimizer state of every operator the device runs).
+        ops_on: dict[str, set[str]] = {d: set() for d in schedule.devices}
+        for task, device in self.placement.items():
+            ops_on[device].add(task[0])
+        by_name = problem.graph.by_name
+        self.static = {d: float(sum(by_name[o].static_bytes for o in ops)) for d, ops in ops_on.items()}
+        self.memory = {d: simpy.Container(self.env, init=0.0) for d in schedule.devices}
+        self.samples: dict[str, list[tuple[float, float]]] = {d: [(0.0, 0.0)] for d in schedule.devices}
+        for device, amount in self.static.items():
+            self._allocate(device, amount)
+        self.states: list[_StreamState] = []
+        self.owner: dict[tuple, _StreamState] = {}
+
+    # -- memory ----------------------------------------------------------------------------
+    def _allocate(self, device: str, amount: float) -> None:
+        if amount <= 0:
+            return
+        container = self.memory[device]
+        container._level += amount  # Container.put would block at capacity; we report instead.
+        level = container._level
+        self.samples[device].append((self.env.now, level))
+        if level > self.capacity[device] * (1 + 1e-12):
+            worst = self.over_capacity.get(device)
+            if worst is None or level > worst[1]:
+                self.over_capacity[device] = (self.env.now, level)
+
+    def _free(self, device: str, amount: float) -> None:
+        if amount <= 0:
+            return
+        container = self.memory[device]
+        container._level -= amount
+        self.samples[device].append((self.env.now, container._level))
+
+    def _task_memory(self, op_name: str, kind: str) -> tuple[float, float]:
+        """Bytes allocated at the start and freed at the end of a task of ``op_name``."""
+        op = self.problem.graph.by_name[op_name]
+        work = op.workspace_bytes
+        if kind == "F":
+            if self.problem.workload.mode == "inference":
+                return op.activation_bytes + work, op.activation_bytes + work
+            return op.activation_bytes + work, work
+        if kind == "B":
+            return work, work + op.activation_bytes - op.w_retained_bytes
+        return work, work + op.w_retained_bytes
+
+    # -- data movement ---------------------------------------------------------------------
+    def _arrive(self, key: _Key) -> None:
+        self.arrival[key] = self.env.now
+        event = self.waiting.pop(key, None)
+        if event is not None:
+            event.succeed()
+
+    def _deliver(self, task: tuple, device: str) -> None:
+        op, mb, kind = task
+        placement = self.placement
+        for cons_op, cons_kind, size in self.cons[op, kind]:
+            key = (op, kind, mb, cons_op, cons_kind)
+            target = placement[(cons_op, mb, cons_kind)]
+            if target == device:
+                self._arrive(key)
+                continue
+            route = self.problem.cluster.route(device, target)
+            if not route.links:
+                self._arrive(key)
+                continue
+            self.env.process(self._transfer(key, device, target, size, route))
+
+    def _transfer(self, key: _Key, src: str, dst: str, size: float, route: Route):
+        requests = []
+        for name in sorted(route.links):  # one global order: transfers cannot deadlock
+            request = self.links[name].request()
+            yield request
+            requests.append((self.links[name], request))
+        start = self.env.now
+        duration = route.transfer_time(size)
+        if duration > 0:
+            yield self.env.timeout(duration)
+        for resource, request in requests:
+            resource.release(request)
+        pred = Task(key[0], key[2], key[1])
+        consumer = Task(key[3], key[2], key[4])
+        self.transfers.append(Transfer(pred, consumer, src, dst, size, start, self.env.now, route.links))
+        self._arrive(key)
+
+    # -- streams ---------------------------------------------------------------------------
+    def _inputs(self, entry: Entry) -> list[_Key]:
+        deps = self.deps
+        if len(entry.tasks) == 1:
+            op, mb, kind = entry.tasks[0]
+            return [(p, k, mb, op, kind) for p, k, _ in deps[op, kind]]
+        inside = set(entry.tasks)
+        return [
+            (p, k, mb, op, kind)
+            for op, mb, kind in entry.tasks
+            for p, k, _ in deps[op, kind]
+            if (p, mb, k) not in inside
+        ]
+
+    def _durations(self, device: str) -> dict[tuple[str, str], float]:
+        problem = self.problem
+        device_obj = problem.cluster.by_name[device]
+        return {(op, kind): problem.duration(Task(op, 0, kind), device_obj) for op, kind in self.deps}
+
+    def _stream(self, state: _StreamState):
+        env = self.env
+        problem = self.problem
+        device = state.device
+        durations = self._durations(device)
+        task_memory = self.task_memory
+        arrival, waiting = self.arrival, self.waiting
+        executed = self.executed
+        stream = state.stream
+        for index, entry in enumerate(state.entries):
+            state.position = index
+            for key in self._inputs(entry):
+                if key not in arrival:
+                    event = waiting.get(key)
+                    if event is None:
+                        event = waiting[key] = env.event()
+                    state.waiting_on = key
+                    yield event
+            state.waiting_on = None
+            if entry.start is not None:
+                ready = env.now
+                if entry.start > ready:
+                    yield env.timeout(entry.start - ready)
+                elif entry.start < ready - (1e-9 + 1e-6 * entry.start):
+                    self.violations.append(
+                        f"{entry} on {device} is declared to start at {entry.start * 1e3:.6g} ms"
+                        f" but cannot start before {ready * 1e3:.6g} ms (inputs or the stream are not ready)"
+                    )
+            start = env.now
+            tasks = entry.tasks
+            if len(tasks) == 1:
+                op, mb, kind = tasks[0]
+                duration = durations[op, kind]
+                alloc, freed = task_memory[op, kind]
+                if alloc > 0:
+                    self._allocate(device, alloc)
+            else:
+                times = [durations[t[0], t[2]] for t in tasks]
+                if entry.overlap:
+                    duration = problem.fused_duration(times[0], sum(times[1:]))
+                else:
+                    duration = sum(times)
+                freed = 0.0
+                for op, _, kind in tasks:
+                    alloc, free = task_memory[op, kind]
+                    self._allocate(device, alloc)
+                    freed += free
+            if duration > 0:
+                yield env.timeout(duration)
+            if freed > 0:
+                self._free(device, freed)
+            executed.append(Executed(device, stream, entry, start, env.now))
+            for task in tasks:
+                self._deliver(task, device)
+        state.position = len(state.entries)
+        state.done = True
+
+    def run(self) -> Timeline:
+        for device, entries in self.schedule.devices.items():
+            by_stream: dict[str, list[Entry]] = {}
+            for entry in entries:
+                by_stream.setdefault(stream_of(self.problem, entry.task), []).append(entry)
+            for stream, stream_entries in sorted(by_stream.items()):
+                state = _StreamState(device, stream, stream_entries)
+                self.states.append(state)
+                for entry in stream_entries:
+                    for task in entry.tasks:
+                        self.owner[task] = state
+                self.env.process(self._stream(state))
+        self.env.run()
+        completed = all(state.done for state in self.states)
+        if not completed:
+            self.violations.insert(0, self._deadlock_message())
+        for device, (when, level) in sorted(self.over_capacity.items()):
+            cap = self.capacity[device]
+            self.violations.append(
+                f"memory over capacity on {device}: {level / 1e9:.4g} GB in use at {when * 1e3:.6g} ms,"
+                f" {(level - cap) / 1e9:.4g} GB over its {cap / 1e9:.4g} GB"
+            )
+        ends = [e.end for e in self.executed] + [t.end for t in self.transfers]
+        return Timeline(
+            problem=self.problem,
+            schedule=self.schedule,
+            executed=tuple(self.executed),
+            transfers=tuple(self.transfers),
+            memory=MappingProxyType({d: tuple(s) for d, s in self.samples.items()}),
+            static_memory=MappingProxyType(dict(self.static)),
+            violations=tuple(self.violations),
+            makespan=max(ends, default=0.0),
+            completed=completed,
+        )
+
+    def _deadlock_message(self) -> str:
+        """Follow 'stream A waits for a task that stream B has not run' to a cycle."""
+        stuck = [s for s in self.states if not s.done]
+
+        def blocker(state: _StreamState) -> _StreamState | None:
+            if state.waiting_on is None:
+                return None
+            pred_op, pred_kind, mb = state.waiting_on[:3]
+            return self.owner.get((pred_op, mb, pred_kind))
+
+        for first in stuck:
+            seen: list[_StreamState] = []
+            state: _StreamState | None = first
+            while state is not None and state not in seen:
+                seen.append(state)
+                state = blocker(state)
+            if state is None:
+                continue
+            cycle = seen[seen.index(state):]
+            parts = []
+            for s in cycle:
+                pred_op, pred_kind, mb, cons_op, cons_kind = s.waiting_on  # type: ignore[misc]
+                owner = self.owner[(pred_op, mb, pred_kind)]
+                parts.append(
+                    f"{s.device} waits at {Task(cons_op, mb, cons_kind)} for {Task(pred_op, mb, pred_kind)}"
+                    f" (on {owner.device}, not yet run)"
+                )
+            return "deadlock: " + "; ".join(parts)
+        heads = ", ".join(f"{s.device}:{s.entries[s.position]}" for s in stuck[:5])
+        return f"deadlock: {len(stuck)} streams never finished (stuck at {heads})"

@@ -1,0 +1,254 @@
+"""Hardware profiles (``hardware_profiles/*.yaml``) and building a cluster from them.
+
+Every figure in a profile is ``{value: ..., source: "..."}``: a number nobody can
+trace is not allowed in. A profile describes one node type; a scenario asks for a
+number of nodes (and may override memory or bandwidth for what-if studies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from simulator.cluster import Cluster, Device, Link
+from simulator.errors import InputError
+from simulator.units import read_bandwidth, read_seconds
+from simulator.yamlio import Section, read_section
+
+__all__ = ["HardwareProfile", "load_profile", "profile_names", "build_cluster", "profile_dir"]
+
+_FIGURES = {
+    "device": ("memory_gb", "peak_tflops", "efficiency"),
+    "node": (
+        "gpus_per_node",
+        "intra_bandwidth_GBps",
+        "intra_efficiency",
+        "intra_latency_us",
+        "inter_bandwidth_GBps",
+        "inter_efficiency",
+        "inter_latency_us",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A node type: one GPU model, how many per node, and its links."""
+
+    name: str
+    description: str
+    device_type: str
+    memory_bytes: float
+    peak_flops: float
+    efficiency: float
+    gpus_per_node: int
+    intra_bandwidth: float  # bytes/s per direction, peak
+    intra_efficiency: float
+    intra_latency: float  # seconds, end to end
+    inter_bandwidth: float
+    inter_efficiency: float
+    inter_latency: float
+    sources: Mapping[str, str]
+    file: str = ""
+
+
+def profile_dir() -> Path:
+    """The bundled ``hardware_profiles`` folder (works installed or from a checkout)."""
+    return Path(str(resources.files("hardware_profiles")))
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in profile_dir().glob("*.yaml"))
+
+
+def _figure(section: Section, key: str) -> float:
+    figure = section.section(key)
+    figure.check_keys({"value", "source", "note"})
+    if "source" not in figure or not str(figure.raw("source")).strip():
+        raise figure.error("every hardware figure needs a source: note", "source")
+    return figure.number("value", strictly_positive=True)
+
+
+def load_profile(name_or_path: str, *, base_dir: Path | None = None) -> HardwareProfile:
+    """Load a profile by bundled name (``h100-sxm``) or by path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        path = candidate if candidate.is_absolute() or base_dir is None else base_dir / candidate
+    else:
+        path = profile_dir() / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise InputError(
+                f"unknown hardware profile {name_or_path!r} (bundled: {', '.join(profile_names())})",
+                field="cluster.profile",
+            )
+    doc = read_section(path)
+    doc.check_keys({"name", "description", "device", "node"})
+    device, node = doc.section("device"), doc.section("node")
+    device.check_keys({"type", *_FIGURES["device"]})
+    node.check_keys(set(_FIGURES["node"]))
+    sources = {
+        f"{part}.{key}": str(sec.section(key).raw("source"))
+        for part, sec in (("device", device), ("node", node))
+        for key in _FIGURES[part]
+    }
+    values = {f"{part}.{key}": _figure(sec, key) for part, sec in (("device", device), ("node", node)) for key in _FIGURES[part]}
+    for key in ("device.efficiency", "node.intra_efficiency", "node.inter_efficiency"):
+        if values[key] > 1:
+            raise InputError(f"an efficiency must be at most 1, got {values[key]:g}", file=str(path), field=f"{key}.value")
+    return HardwareProfile(
+        name=doc.str("name"),
+        description=doc.str("description", ""),
+        device_type=device.str("type"),
+        memory_bytes=values["device.memory_gb"] * 1e9,
+        peak_flops=values["device.peak_tflops"] * 1e12,
+        efficiency=values["device.efficiency"],
+        gpus_per_node=int(values["node.gpus_per_node"]),
+        intra_bandwidth=values["node.intra_bandwidth_GBps"] * 1e9,
+        intra_efficiency=values["node.intra_efficiency"],
+        intra_latency=values["node.intra_latency_us"] * 1e-6,
+        inter_bandwidth=values["node.inter_bandwidth_GBps"] * 1e9,
+        inter_efficiency=values["node.inter_efficiency"],
+        inter_latency=values["node.inter_latency_us"] * 1e-6,
+        sources=MappingProxyType(sources),
+        file=str(path),
+    )
+
+
+def _switched_cluster(
+    name: str,
+    devices: list[Device],
+    gpus_per_node: int,
+    intra_bandwidth: float,
+    intra_latency: float,
+    inter_bandwidth: float,
+    inter_latency: float,
+) -> Cluster:
+    """GPUs hang off a per-node switch (NVSwitch) and a shared fabric (InfiniBand).
+
+    Each GPU has its own port in each direction on both, so a GPU that sends two
+    tensors at once contends with itself, but two disjoint GPU pairs do not.
+    """
+    links: list[Link] = []
+    nodes = sorted({d.node for d in devices})
+    multi_node = len(nodes) > 1
+    for d in devices:
+        switch = f"node{d.node}.switch"
+        links.append(Link(f"{d.name}.intra.out", d.name, switch, intra_bandwidth, intra_latency / 2))
+        links.append(Link(f"{d.name}.intra.in", switch, d.name, intra_bandwidth, intra_latency / 2))
+        if multi_node:
+            links.append(Link(f"{d.name}.inter.out", d.name, "fabric", inter_bandwidth, inter_latency / 2))
+            links.append(Link(f"{d.name}.inter.in", "fabric", d.name, inter_bandwidth, inter_latency / 2))
+    del gpus_per_node
+    return Cluster(name=name, devices=tuple(devices), links=tuple(links))
+
+
+_CLUSTER_KEYS = {
+    "profile",
+    "nodes",
+    "gpus_per_node",
+    "devices",
+    "device",
+    "interconnect",
+    "links",
+    "memory_gb",
+    "memory_limit_gb",
+    "bandwidth_scale",
+    "name",
+}
+
+
+def build_cluster(section: Section, *, base_dir: Path | None = None) -> Cluster:
+    """Build a :class:`Cluster` from a scenario's ``cluster:`` section.
+
+    Either ``profile:`` (+ ``nodes``, optional ``gpus_per_node``), or a custom cluster:
+    ``devices: N`` with ``device: {type, memory_gb, peak_tflops, efficiency}`` and
+    ``interconnect: ideal`` (free transfers, the textbook setting) or
+    ``interconnect: {bandwidth_GBps, latency_us}`` (a switch like NVSwitch), or an
+    explicit ``links:`` list between ``gpu<i>`` endpoints.
+    ``memory_gb`` / ``memory_limit_gb`` and ``bandwidth_scale`` override for what-ifs.
+    """
+    section.check_keys(_CLUSTER_KEYS)
+    scale = section.number("bandwidth_scale", 1.0, strictly_positive=True)
+    memory_override = None
+    for key in ("memory_gb", "memory_limit_gb"):
+        if key in section:
+            memory_override = section.number(key, strictly_positive=True) * 1e9
+    if "profile" in section:
+        try:
+            profile = load_profile(section.str("profile"), base_dir=base_dir)
+        except InputError as exc:
+            if exc.file is None:
+                exc.file = section.file
+                exc.field = section.where("profile")
+            raise
+        nodes = section.integer("nodes", 1, minimum=1)
+        per_node = section.integer("gpus_per_node", profile.gpus_per_node, minimum=1)
+        if per_node > profile.gpus_per_node:
+            raise section.error(f"profile {profile.name} has {profile.gpus_per_node} GPUs per node", "gpus_per_node")
+        devices = [
+            Device(
+                name=f"gpu{i}",
+                type=profile.device_type,
+                memory_bytes=memory_override or profile.memory_bytes,
+                peak_flops=profile.peak_flops,
+                efficiency=profile.efficiency,
+                node=i // per_node,
+            )
+            for i in range(nodes * per_node)
+        ]
+        return _switched_cluster(
+            section.raw("name", f"{nodes}x{per_node} {profile.name}"),
+            devices,
+            per_node,
+            profile.intra_bandwidth * profile.intra_efficiency * scale,
+            profile.intra_latency,
+            profile.inter_bandwidth * profile.inter_efficiency * scale,
+            profile.inter_latency,
+        )
+
+    count = section.integer("devices", minimum=1)
+    spec = section.section("device", {})
+    spec.check_keys({"type", "memory_gb", "peak_tflops", "efficiency"})
+    per_node = section.integer("gpus_per_node", count, minimum=1)
+    devices = [
+        Device(
+            name=f"gpu{i}",
+            type=spec.str("type", "generic"),
+            memory_bytes=memory_override or spec.number("memory_gb", 80.0, strictly_positive=True) * 1e9,
+            peak_flops=spec.number("peak_tflops", 1000.0, strictly_positive=True) * 1e12,
+            efficiency=spec.number("efficiency", 1.0, strictly_positive=True, maximum=1.0),
+            node=i // per_node,
+        )
+        for i in range(count)
+    ]
+    name = section.raw("name", f"{count} devices")
+    if "links" in section:
+        links = []
+        names = {d.name for d in devices}
+        for item in section.sections("links"):
+            item.check_keys({"src", "dst", "bandwidth_GBps", "bandwidth_MBps", "bandwidth_Bps", "latency_s",
+                             "latency_ms", "latency_us", "latency_ns", "bidirectional", "name"})
+            src, dst = item.str("src"), item.str("dst")
+            bandwidth = read_bandwidth(item, "bandwidth") * scale
+            latency = read_seconds(item, "latency", 0.0)
+            for end, key in ((src, "src"), (dst, "dst")):
+                if end.startswith("gpu") and end not in names:
+                    raise item.error(f"unknown device {end!r}", key)
+            base = item.raw("name", f"{src}->{dst}")
+            links.append(Link(base, src, dst, bandwidth, latency))
+            if item.bool("bidirectional", True):
+                links.append(Link(f"{base}.rev", dst, src, bandwidth, latency))
+        return Cluster(name=name, devices=tuple(devices), links=tuple(links))
+    interconnect = section.raw("interconnect", "ideal")
+    if interconnect == "ideal":
+        return Cluster(name=name, devices=tuple(devices), ideal_interconnect=True)
+    link_spec = section.section("interconnect")
+    link_spec.check_keys({"bandwidth_GBps", "bandwidth_MBps", "bandwidth_Bps", "latency_s", "latency_ms",
+                          "latency_us", "latency_ns"})
+    bandwidth = read_bandwidth(link_spec, "bandwidth") * scale
+    latency = read_seconds(link_spec, "latency", 0.0)
+    return _switched_cluster(name, devices, per_node, bandwidth, latency, bandwidth, latency)
+

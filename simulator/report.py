@@ -1,0 +1,55 @@
+"""Terminal rendering of a :class:`~simulator.metrics.Report` (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from simulator.metrics import Report
+
+__all__ = ["print_report", "fmt_bytes", "fmt_ms"]
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.4g}"
+
+
+def fmt_bytes(size: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(size) >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.3g} B"
+
+
+def print_report(report: Report, console: Console | None = None, *, title: str = "") -> None:
+    console = console or Console(width=max(Console().width, 132))
+    table = Table(title=title or f"schedule {report.schedule!r}: makespan {fmt_ms(report.makespan)} ms")
+    for header in ("device", "tasks", "busy ms", "bubble ms", "bubble %", "util %", "MFU %", "peak mem", "at ms", "activ. peak"):
+        table.add_column(header, justify="right")
+    for d in report.devices:
+        table.add_row(
+            d.device,
+            str(d.tasks),
+            fmt_ms(d.busy),
+            fmt_ms(d.bubble),
+            f"{100 * d.bubble_ratio:.1f}",
+            f"{100 * d.utilization:.1f}",
+            f"{100 * d.mfu:.1f}",
+            fmt_bytes(d.peak_memory),
+            fmt_ms(d.peak_time),
+            fmt_bytes(d.activation_peak),
+        )
+    console.print(table)
+    console.print(
+        f"makespan {fmt_ms(report.makespan)} ms | bubble total {fmt_ms(report.total_bubble)} ms,"
+        f" max {fmt_ms(report.max_bubble)} ms, mean ratio {100 * report.mean_bubble_ratio:.2f}%"
+        f" | utilization {100 * report.mean_utilization:.1f}% | peak memory {fmt_bytes(report.peak_memory)}"
+        f" | transferred {fmt_bytes(report.transfer_bytes)}"
+    )
+    if report.links:
+        links = Table(title="links")
+        for header in ("link", "transfers", "bytes", "busy ms"):
+            links.add_column(header, justify="right")
+        for link in report.links:
+            links.add_row(link.link, str(link.transfers), fmt_bytes(link.bytes), fmt_ms(link.busy))
+        console.print(links)

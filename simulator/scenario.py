@@ -1,0 +1,118 @@
+"""A scenario file: model + cluster + workload (+ objective, + a default schedule).
+
+This is what a user runs::
+
+    name: pipeline-4x8
+    model: {type: pipeline, stages: 4, F_ms: 1, B_ms: 1, W_ms: 1}
+    cluster: {devices: 4, interconnect: ideal}
+    workload: {micro_batches: 8}
+    schedule: pipeline-4x8.schedule.json     # optional, relative to this file
+    objective: {minimize: makespan, memory_limit_gb: 40}
+
+Everything is validated on load; the first problem found is raised as an
+:class:`~simulator.errors.InputError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from simulator.errors import InputError
+from simulator.models import build_model
+from simulator.problem import Problem, Workload
+from simulator.profiles import build_cluster
+from simulator.yamlio import Section, read_section
+
+__all__ = ["Objective", "Scenario", "load_scenario"]
+
+OBJECTIVES = ("makespan", "bubble", "memory", "utilization")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the planner optimises, and the limits it must respect."""
+
+    minimize: str = "makespan"
+    memory_limit_bytes: float | None = None
+    time_limit_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    problem: Problem
+    objective: Objective = field(default_factory=Objective)
+    description: str = ""
+    file: str = ""
+    schedule_file: Path | None = None
+    #: Settings for the built-in schedules (e.g. ``chunks`` for interleaved 1F1B).
+    pipeline: Mapping[str, Any] = field(default_factory=dict)
+    #: The model section as written (builders' settings, for reports).
+    model_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pipeline", MappingProxyType(dict(self.pipeline)))
+        object.__setattr__(self, "model_config", MappingProxyType(dict(self.model_config)))
+
+
+def _workload(section: Section) -> Workload:
+    section.check_keys({"micro_batches", "mode", "fb_overlap"})
+    try:
+        return Workload(
+            micro_batches=section.integer("micro_batches", minimum=1),
+            mode=section.str("mode", "training", choices=("training", "inference")),
+            fb_overlap=section.number("fb_overlap", 0.0, maximum=1.0),
+        )
+    except InputError as exc:
+        raise InputError(exc.message, file=section.file, field=exc.field) from None
+
+
+def _objective(section: Section) -> Objective:
+    section.check_keys({"minimize", "memory_limit_gb", "time_limit_s"})
+    limit = section.number("memory_limit_gb", None, strictly_positive=True) if "memory_limit_gb" in section else None
+    return Objective(
+        minimize=section.str("minimize", "makespan", choices=OBJECTIVES),
+        memory_limit_bytes=limit * 1e9 if limit is not None else None,
+        time_limit_s=section.number("time_limit_s", 60.0, strictly_positive=True),
+    )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load and validate a scenario file."""
+    path = Path(path)
+    doc = read_section(path)
+    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline"})
+    base_dir = path.parent
+    try:
+        graph = build_model(doc.section("model"), base_dir)
+    except InputError as exc:
+        if exc.file is None:
+            exc.file = str(path)
+            exc.field = f"model.{exc.field}" if exc.field else "model"
+        raise
+    try:
+        cluster = build_cluster(doc.section("cluster"), base_dir=base_dir)
+    except InputError as exc:
+        if exc.file is None:
+            exc.file = str(path)
+            exc.field = f"cluster.{exc.field}" if exc.field and not exc.field.startswith("cluster") else exc.field
+        raise
+    workload = _workload(doc.section("workload"))
+    schedule_file = None
+    if "schedule" in doc:
+        schedule_file = base_dir / doc.str("schedule")
+    pipeline = doc.section("pipeline", {})
+    pipeline.check_keys({"chunks", "ranks"})
+    return Scenario(
+        name=doc.str("name", path.stem),
+        description=str(doc.raw("description", "")),
+        problem=Problem(graph=graph, cluster=cluster, workload=workload),
+        objective=_objective(doc.section("objective", {})),
+        file=str(path),
+        schedule_file=schedule_file,
+        pipeline=pipeline.data,
+        model_config=doc.section("model").data,
+    )
