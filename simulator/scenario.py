@@ -26,7 +26,7 @@ from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
 from simulator.yamlio import Section, read_section
 
-__all__ = ["Objective", "Scenario", "load_scenario"]
+__all__ = ["Objective", "Scenario", "load_scenario", "scenario_from_dict"]
 
 OBJECTIVES = ("makespan", "bubble", "memory", "utilization")
 
@@ -83,7 +83,21 @@ def _objective(section: Section) -> Objective:
 def load_scenario(path: str | Path) -> Scenario:
     """Load and validate a scenario file."""
     path = Path(path)
-    doc = read_section(path)
+    return scenario_from_section(read_section(path), path)
+
+
+def scenario_from_dict(data: dict, path: str | Path) -> Scenario:
+    """Build a scenario from an already-loaded (possibly modified) document.
+
+    ``path`` is where it notionally lives: relative files resolve against its folder
+    and errors name it. Sweeps use this to apply overrides to a scenario.
+    """
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping at the top level", file=str(path))
+    return scenario_from_section(Section(data, file=str(path), path=""), Path(path))
+
+
+def scenario_from_section(doc: Section, path: Path) -> Scenario:
     doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline"})
     base_dir = path.parent
     try:
