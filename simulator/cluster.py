@@ -8,10 +8,10 @@ latency ``L`` and bottleneck bandwidth ``W`` takes ``L + S / W``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
-from typing import Mapping
 
 import networkx as nx
 

@@ -13,10 +13,10 @@ MoE layer (router -> experts -> combine) or a two-tower model is just a DAG.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 import networkx as nx
 

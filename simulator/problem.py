@@ -8,9 +8,10 @@ graph: forward along edges, backward against them, and ``W`` after its own ``B``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from simulator.cluster import Cluster, Device
 from simulator.errors import InputError

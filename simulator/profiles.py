@@ -7,11 +7,11 @@ number of nodes (and may override memory or bandwidth for what-if studies).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from simulator.cluster import Cluster, Device, Link
 from simulator.errors import InputError

@@ -15,10 +15,11 @@ Everything is validated on load; the first problem found is raised as an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from simulator.errors import InputError
 from simulator.models import build_model

@@ -26,10 +26,11 @@ graph's edges.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -83,7 +84,7 @@ class Schedule:
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
     @classmethod
-    def from_lists(cls, lists: Mapping[str, list], name: str = "", meta: Mapping | None = None) -> "Schedule":
+    def from_lists(cls, lists: Mapping[str, list], name: str = "", meta: Mapping | None = None) -> Schedule:
         """Build from ``{device: [Task | tuple-of-Tasks | Entry, ...]}`` (generators use this).
 
         A bare tuple of tasks becomes a ``fused`` group; build an :class:`Entry` with

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -44,7 +45,7 @@ def load_document(path: str | Path) -> Any:
         raise InputError(f"malformed YAML{where}: {problem}", file=str(path)) from None
 
 
-def read_section(path: str | Path) -> "Section":
+def read_section(path: str | Path) -> Section:
     """Load a file whose top level must be a mapping."""
     data = load_document(path)
     if not isinstance(data, dict):
@@ -92,7 +93,7 @@ class Section:
                 raise self.error(f"unknown field (allowed: {', '.join(sorted(allowed))})", key)
 
     # -- typed access ------------------------------------------------------------------
-    def section(self, key: str, default: Any = _MISSING) -> "Section":
+    def section(self, key: str, default: Any = _MISSING) -> Section:
         value = self.raw(key, default)
         if value is None and default is not _MISSING:
             value = {}
@@ -100,7 +101,7 @@ class Section:
             raise self.error(f"expected a mapping, got {type(value).__name__}", key)
         return Section(value, file=self.file, path=self.where(key))
 
-    def sections(self, key: str, default: Any = _MISSING) -> list["Section"]:
+    def sections(self, key: str, default: Any = _MISSING) -> list[Section]:
         items = self.list(key, default)
         sub = Section({}, file=self.file, path=self.where(key))
         out = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from planner.cli import cli
 from planner.commands.common import load_inputs, scenario_argument, write_reports
@@ -33,7 +32,7 @@ def simulate(scenario: Path, schedule_path: Path | None, trace_path: Path | None
         exc.file = str(used)
         raise
     report = build_report(timeline)
-    print_report(report, Console(), title=f"{problem_scenario.name}: schedule {schedule.name or used.name}")
+    print_report(report, title=f"{problem_scenario.name}: schedule {schedule.name or used.name}")
     write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario, used])
     if timeline.violations:
         raise ScheduleRejected(list(timeline.violations), file=str(used))

@@ -8,8 +8,8 @@ multi-modal) live in their own modules and register the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from simulator.graph import OperatorGraph
 from simulator.yamlio import Section
