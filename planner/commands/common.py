@@ -25,7 +25,9 @@ def load_inputs(scenario_path: Path, schedule_path: Path | None) -> tuple[Scenar
     scenario = load_scenario(scenario_path)
     path = schedule_path or scenario.schedule_file
     if path is None:
-        raise InputError("no schedule given: pass --schedule FILE or set schedule: in the scenario", file=str(scenario_path), field="schedule")
+        raise InputError(
+            "no schedule given: pass --schedule FILE or set schedule: in the scenario", file=str(scenario_path), field="schedule"
+        )
     return scenario, load_schedule(path), path
 
 
