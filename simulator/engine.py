@@ -15,12 +15,15 @@ streams' wait-for relation is followed to name the cycle.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import gc
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
 import simpy
+from simpy.core import URGENT
 
 from simulator.cluster import Route
 from simulator.errors import ScheduleRejected
@@ -28,7 +31,7 @@ from simulator.problem import Problem, Task
 from simulator.schedule import Entry, Schedule
 from simulator.validation import static_violations, stream_of
 
-__all__ = ["Executed", "Transfer", "Timeline", "replay", "simulate"]
+__all__ = ["Executed", "Transfer", "Timeline", "gc_paused", "replay", "simulate"]
 
 
 class Executed(NamedTuple):
@@ -90,14 +93,40 @@ class _StreamState:
         self.done = False
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector inside the block (re-entrant).
+
+    A replay allocates millions of objects (events, keys, records) that all stay
+    referenced until it ends; the collector rescanning them meanwhile costs about a
+    third of a large replay and reclaims nothing. Reference counting still frees
+    everything as usual.
+
+    >>> import gc
+    >>> with gc_paused():
+    ...     gc.isenabled()
+    False
+    >>> gc.isenabled()
+    True
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def replay(problem: Problem, schedule: Schedule) -> Timeline:
     """Replay ``schedule``; static violations raise :class:`ScheduleRejected` at once,
     run-time ones (deadlock, memory over capacity, an impossible declared start) are
     returned in ``Timeline.violations``."""
-    static = static_violations(problem, schedule)
-    if static:
-        raise ScheduleRejected(static)
-    return _Replay(problem, schedule).run()
+    with gc_paused():
+        static = static_violations(problem, schedule)
+        if static:
+            raise ScheduleRejected(static)
+        return _Replay(problem, schedule).run()
 
 
 def simulate(problem: Problem, schedule: Schedule) -> Timeline:
@@ -106,6 +135,62 @@ def simulate(problem: Problem, schedule: Schedule) -> Timeline:
     if timeline.violations:
         raise ScheduleRejected(list(timeline.violations))
     return timeline
+
+
+class _Move:
+    """One tensor in flight between two devices, driven by SimPy callbacks.
+
+    It does what a SimPy process per transfer would do (start with an urgent event,
+    request the route's links one at a time in name order, hold them for
+    ``latency + bytes / bandwidth``, release them and deliver), with the same events in
+    the same order, but without a generator and a process object per transfer: replays
+    move one tensor per edge and micro-batch, so this is the engine's hottest path.
+    """
+
+    __slots__ = ("replay", "key", "src", "dst", "size", "route", "resources", "requests", "start")
+
+    def __init__(self, replay: _Replay, key: _Key, src: str, dst: str, size: float, route: Route, resources: tuple):
+        self.replay = replay
+        self.key = key
+        self.src = src
+        self.dst = dst
+        self.size = size
+        self.route = route
+        self.resources = resources
+        self.requests: list = []
+        self.start = 0.0
+        env = replay.env
+        begin = simpy.Event(env)
+        begin._ok = True  # what simpy.Process's Initialize event is: urgent, already triggered
+        begin._value = None
+        begin.callbacks.append(self._acquire)
+        env.schedule(begin, URGENT)
+
+    def _acquire(self, _event: simpy.Event) -> None:
+        """Request the next link, or start moving once every link is held."""
+        requests = self.requests
+        if len(requests) < len(self.resources):
+            request = self.resources[len(requests)].request()
+            requests.append(request)
+            request.callbacks.append(self._acquire)
+            return
+        env = self.replay.env
+        self.start = env.now
+        duration = self.route.transfer_time(self.size)
+        if duration > 0:
+            env.timeout(duration).callbacks.append(self._finish)
+        else:
+            self._finish(None)
+
+    def _finish(self, _event: simpy.Event | None) -> None:
+        for resource, request in zip(self.resources, self.requests):
+            resource.release(request)
+        replay = self.replay
+        key = self.key
+        pred = Task(key[0], key[2], key[1])
+        consumer = Task(key[3], key[2], key[4])
+        replay.transfers.append(Transfer(pred, consumer, self.src, self.dst, self.size, self.start, replay.env.now, self.route.links))
+        replay._arrive(key)
 
 
 class _Replay:
@@ -127,6 +212,10 @@ class _Replay:
         self.over_capacity: dict[str, tuple[float, float]] = {}
         self.deps = problem.dependency_template
         self.cons = problem.consumer_template
+        #: ``(op, kind) -> ((pred_op, pred_kind), ...)``: the inputs' keys without their sizes.
+        self.preds = {key: tuple((p, k) for p, k, _ in deps) for key, deps in self.deps.items()}
+        #: ``(src, dst) -> (route, link resources)`` or None when nothing travels; see :meth:`_path`.
+        self.paths: dict[tuple[str, str], tuple[Route, tuple[simpy.Resource, ...]] | None] = {}
         self.task_memory = {key: self._task_memory(*key) for key in self.deps}
         # Memory: static (weights, gradients, optimizer state of every operator the device runs).
         ops_on: dict[str, set[str]] = {d: set() for d in schedule.devices}
@@ -180,49 +269,49 @@ class _Replay:
         if event is not None:
             event.succeed()
 
+    def _path(self, src: str, dst: str) -> tuple[Route, tuple[simpy.Resource, ...]] | None:
+        """The route from ``src`` to ``dst`` and its link resources in acquisition order
+        (None when nothing travels: an ideal interconnect), cached per device pair."""
+        key = (src, dst)
+        if key not in self.paths:
+            route = self.problem.cluster.route(src, dst)
+            # One global order (by link name): transfers holding several links cannot deadlock.
+            resources = tuple(self.links[name] for name in sorted(route.links))
+            self.paths[key] = (route, resources) if route.links else None
+        return self.paths[key]
+
     def _deliver(self, task: tuple, device: str) -> None:
+        """Send ``task``'s outputs to every consumer: at once on the same device (or over
+        an ideal interconnect), otherwise as a transfer over the route."""
         op, mb, kind = task
-        placement = self.placement
+        placement, paths = self.placement, self.paths
+        arrival, waiting, now = self.arrival, self.waiting, self.env.now
         for cons_op, cons_kind, size in self.cons[op, kind]:
             key = (op, kind, mb, cons_op, cons_kind)
-            target = placement[(cons_op, mb, cons_kind)]
-            if target == device:
-                self._arrive(key)
-                continue
-            route = self.problem.cluster.route(device, target)
-            if not route.links:
-                self._arrive(key)
-                continue
-            self.env.process(self._transfer(key, device, target, size, route))
-
-    def _transfer(self, key: _Key, src: str, dst: str, size: float, route: Route):
-        requests = []
-        for name in sorted(route.links):  # one global order: transfers cannot deadlock
-            request = self.links[name].request()
-            yield request
-            requests.append((self.links[name], request))
-        start = self.env.now
-        duration = route.transfer_time(size)
-        if duration > 0:
-            yield self.env.timeout(duration)
-        for resource, request in requests:
-            resource.release(request)
-        pred = Task(key[0], key[2], key[1])
-        consumer = Task(key[3], key[2], key[4])
-        self.transfers.append(Transfer(pred, consumer, src, dst, size, start, self.env.now, route.links))
-        self._arrive(key)
+            target = placement[cons_op, mb, cons_kind]
+            if target != device:
+                path = paths[device, target] if (device, target) in paths else self._path(device, target)
+                if path is not None:
+                    _Move(self, key, device, target, size, *path)
+                    continue
+            arrival[key] = now  # what _arrive does, inlined: this loop runs once per edge and task
+            event = waiting.pop(key, None)
+            if event is not None:
+                event.succeed()
 
     # -- streams ---------------------------------------------------------------------------
     def _inputs(self, entry: Entry) -> list[_Key]:
-        deps = self.deps
+        """Keys of the tensors ``entry`` waits for, in a fixed order (outputs of its own
+        group's tasks excluded: they are produced inside the slot)."""
+        preds = self.preds
         if len(entry.tasks) == 1:
             op, mb, kind = entry.tasks[0]
-            return [(p, k, mb, op, kind) for p, k, _ in deps[op, kind]]
+            return [(p, k, mb, op, kind) for p, k in preds[op, kind]]
         inside = set(entry.tasks)
         return [
             (p, k, mb, op, kind)
             for op, mb, kind in entry.tasks
-            for p, k, _ in deps[op, kind]
+            for p, k in preds[op, kind]
             if (p, mb, k) not in inside
         ]
 
@@ -237,12 +326,21 @@ class _Replay:
         device = state.device
         durations = self._durations(device)
         task_memory = self.task_memory
+        preds = self.preds
         arrival, waiting = self.arrival, self.waiting
         executed = self.executed
+        allocate, free, deliver, inputs_of = self._allocate, self._free, self._deliver, self._inputs
         stream = state.stream
         for index, entry in enumerate(state.entries):
             state.position = index
-            for key in self._inputs(entry):
+            tasks = entry.tasks
+            if len(tasks) == 1:
+                op, mb, kind = tasks[0]
+                template = preds[op, kind]
+                inputs = [(p, k, mb, op, kind) for p, k in template] if template else ()
+            else:
+                inputs = inputs_of(entry)
+            for key in inputs:
                 if key not in arrival:
                     event = waiting.get(key)
                     if event is None:
@@ -260,13 +358,11 @@ class _Replay:
                         f" but cannot start before {ready * 1e3:.6g} ms (inputs or the stream are not ready)"
                     )
             start = env.now
-            tasks = entry.tasks
             if len(tasks) == 1:
-                op, mb, kind = tasks[0]
                 duration = durations[op, kind]
                 alloc, freed = task_memory[op, kind]
                 if alloc > 0:
-                    self._allocate(device, alloc)
+                    allocate(device, alloc)
             else:
                 times = [durations[t[0], t[2]] for t in tasks]
                 if entry.overlap:
@@ -274,21 +370,25 @@ class _Replay:
                 else:
                     duration = sum(times)
                 freed = 0.0
-                for op, _, kind in tasks:
-                    alloc, free = task_memory[op, kind]
-                    self._allocate(device, alloc)
-                    freed += free
+                for t_op, _, t_kind in tasks:
+                    alloc, t_free = task_memory[t_op, t_kind]
+                    allocate(device, alloc)
+                    freed += t_free
             if duration > 0:
                 yield env.timeout(duration)
             if freed > 0:
-                self._free(device, freed)
+                free(device, freed)
             executed.append(Executed(device, stream, entry, start, env.now))
             for task in tasks:
-                self._deliver(task, device)
+                deliver(task, device)
         state.position = len(state.entries)
         state.done = True
 
     def run(self) -> Timeline:
+        with gc_paused():
+            return self._run()
+
+    def _run(self) -> Timeline:
         for device, entries in self.schedule.devices.items():
             by_stream: dict[str, list[Entry]] = {}
             for entry in entries:

@@ -33,8 +33,8 @@ def static_violations(problem: Problem, schedule: Schedule) -> list[str]:
         found.setdefault(category, []).append(message)
 
     cluster = problem.cluster.by_name
-    ops = problem.graph.by_name
-    kinds = set(problem.workload.kinds)
+    stream_of_op = {name: op.stream for name, op in problem.graph.by_name.items()}
+    kinds = problem.workload.kinds
     micro_batches = problem.workload.micro_batches
     deps = problem.dependency_template
     # task -> (device, stream, entry index, position inside the entry)
@@ -45,17 +45,30 @@ def static_violations(problem: Problem, schedule: Schedule) -> list[str]:
             report("device", f"device {device!r} is not in the cluster (devices: {known})")
             continue
         for index, entry in enumerate(entries):
-            streams = set()
-            for slot, task in enumerate(entry.tasks):
+            tasks = entry.tasks
+            if len(tasks) == 1:  # the common case, without the per-group bookkeeping below
+                task = tasks[0]
                 op, mb, kind = task
-                if op not in ops or kind not in kinds or not 0 <= mb < micro_batches:
+                stream = stream_of_op.get(op)
+                if stream is None or kind not in kinds or not 0 <= mb < micro_batches:
+                    report("unknown", f"{device}[{index}]: task {task} does not exist in this problem ({_why_unknown(problem, task)})")
+                elif task in position:
+                    other = position[task]
+                    report("duplicate", f"task {task} is listed twice ({other[0]}[{other[2]}] and {device}[{index}])")
+                else:
+                    position[task] = (device, stream, index, 0)
+                continue
+            streams = set()
+            for slot, task in enumerate(tasks):
+                op, mb, kind = task
+                if op not in stream_of_op or kind not in kinds or not 0 <= mb < micro_batches:
                     report("unknown", f"{device}[{index}]: task {task} does not exist in this problem ({_why_unknown(problem, task)})")
                     continue
                 other = position.get(task)
                 if other is not None:
                     report("duplicate", f"task {task} is listed twice ({other[0]}[{other[2]}] and {device}[{index}])")
                     continue
-                stream = ops[op].stream
+                stream = stream_of_op[op]
                 streams.add(stream)
                 position[task] = (device, stream, index, slot)
             if len(streams) > 1:
@@ -73,15 +86,15 @@ def static_violations(problem: Problem, schedule: Schedule) -> list[str]:
         for pred_op, pred_kind, _ in deps[op, kind]:
             pred = (pred_op, mb, pred_kind)
             where = position.get(pred)
-            if where is None:
-                continue
-            if pred_op == op and where[0] != device:
+            if where is None or (where[0] != device and pred_op != op):
+                continue  # missing (reported above), or on another device: the replay orders those
+            if where[0] != device:
                 report(
                     "placement",
                     f"{task} runs on {device} but its activations from {Task(*pred)} live on {where[0]}"
                     " (B and W must run where their F ran)",
                 )
-            elif where[0] == device and where[1] == stream and (where[2], where[3]) > (index, slot):
+            elif where[1] == stream and (where[2], where[3]) > (index, slot):
                 report(
                     "dependency",
                     f"dependency violated: {task} is listed at {device}[{index}] before its input"

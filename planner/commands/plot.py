@@ -1,5 +1,102 @@
-"""``opplan plot`` (see planner.cli)."""
+"""``opplan plot gantt|memory|sweep``: pictures of a replay or of a sweep's results."""
 
 from __future__ import annotations
 
-from planner.cli import cli  # noqa: F401
+from pathlib import Path
+
+import click
+
+from planner.cli import cli
+from planner.commands.common import load_inputs, scenario_argument
+from simulator.engine import Timeline, replay
+from simulator.errors import InputError, ScheduleRejected
+from simulator.scenario import load_scenario
+
+_output = click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                       help="picture to write: .png, .svg or .pdf")
+_schedule = click.option("--schedule", "schedule_path", type=click.Path(dir_okay=False, path_type=Path),
+                         help="schedule file (default: the scenario's schedule:)")
+_builtin = click.option("--builtin", "builtin", metavar="NAME", help="a built-in schedule instead of a file (e.g. 1f1b, dualpipe)")
+_title = click.option("--title", help="title (default: schedule name, makespan, bubble, peak memory)")
+
+
+@cli.group()
+def plot() -> None:
+    """Draw a replay (Gantt chart, memory over time) or a sweep's results."""
+
+
+def _replayed(scenario_path: Path, schedule_path: Path | None, builtin: str | None) -> tuple[Timeline, list[Path]]:
+    if schedule_path is not None and builtin is not None:
+        raise InputError("give --schedule FILE or --builtin NAME, not both", field="--builtin")
+    if builtin is not None:
+        from planner.sweeps.point import builtin_schedule
+
+        scenario = load_scenario(scenario_path)
+        schedule, used = builtin_schedule(builtin, scenario), None
+    else:
+        scenario, schedule, used = load_inputs(scenario_path, schedule_path)
+    try:
+        timeline = replay(scenario.problem, schedule)
+    except ScheduleRejected as exc:
+        exc.file = str(used or scenario_path)
+        raise
+    if timeline.violations:
+        click.echo(f"opplan: warning: the replay has {len(timeline.violations)} violations; drawn as it ran"
+                   f" (first: {timeline.violations[0]})", err=True)
+    return timeline, [p for p in (scenario_path, used) if p is not None]
+
+
+@plot.command()
+@scenario_argument
+@_schedule
+@_builtin
+@_output
+@_title
+def gantt(scenario: Path, schedule_path: Path | None, builtin: str | None, output: Path, title: str | None) -> None:
+    """Gantt chart: one row per device, one bar per task or group, idle time visible."""
+    from planner.plots import gantt_figure, save_figure
+
+    timeline, inputs = _replayed(scenario, schedule_path, builtin)
+    path = save_figure(gantt_figure(timeline, title=title), output, inputs=inputs)
+    click.echo(f"wrote {path} ({len(timeline.executed)} entries on {len(timeline.schedule.devices)} devices)")
+
+
+@plot.command()
+@scenario_argument
+@_schedule
+@_builtin
+@_output
+@_title
+def memory(scenario: Path, schedule_path: Path | None, builtin: str | None, output: Path, title: str | None) -> None:
+    """Memory in use over time on every device, with the capacity."""
+    from planner.plots import memory_figure, save_figure
+
+    timeline, inputs = _replayed(scenario, schedule_path, builtin)
+    path = save_figure(memory_figure(timeline, title=title), output, inputs=inputs)
+    click.echo(f"wrote {path}")
+
+
+@plot.command("sweep")
+@click.argument("results", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--x", "x", required=True, help="column on the x axis (a swept field, e.g. workload.micro_batches)")
+@click.option("--y", "y", required=True, help="metric column (e.g. bubble_ratio, makespan_ms, peak_memory_gb)")
+@click.option("--series", help="one line per value of this column (e.g. schedule)")
+@click.option("--facet", help="one panel per value of this column (e.g. cluster.profile)")
+@click.option("--status", "statuses", multiple=True, default=("ok",), show_default=True,
+              help="draw rows with this status (repeatable: ok, invalid, ...)")
+@_output
+@_title
+def sweep_plot(results: Path, x: str, y: str, series: str | None, facet: str | None, statuses: tuple[str, ...],
+               output: Path, title: str | None) -> None:
+    """Chart a sweep's results table (results.csv or results.parquet)."""
+    from planner.plots import save_figure, sweep_figure
+    from planner.sweeps.table import read_table
+
+    table = read_table(results)
+    try:
+        figure = sweep_figure(table, x=x, y=y, series=series, facet=facet, statuses=statuses, title=title)
+    except InputError as exc:
+        exc.file = str(results)
+        raise
+    path = save_figure(figure, output, inputs=[results])
+    click.echo(f"wrote {path}")

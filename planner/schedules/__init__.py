@@ -1,0 +1,62 @@
+"""Built-in pipeline schedules, each a task-by-task :class:`~simulator.schedule.Schedule`.
+
+Every generator takes a scenario whose model is a chain of stages (``type: pipeline``)
+and returns the schedule the simulator replays; violated preconditions (an odd rank
+count for DualPipe, too few micro-batches, stages that are not ``chunks x ranks``) are
+raised as one-line :class:`~simulator.errors.InputError` naming the field.
+
+>>> from planner.schedules.examples import example_scenario
+>>> scenario = example_scenario(stages=4, micro_batches=8)
+>>> sorted(name for name, why in available(scenario).items() if why is None)
+['1f1b', 'dualpipe', 'dualpipev', 'gpipe', 'interleaved-1f1b', 'zb-h1', 'zb-h2']
+>>> len(generate("1f1b", scenario))  # 4 stages x 8 micro-batches x (F, B, W)
+96
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from planner.schedules.classic import gpipe, interleaved_1f1b, one_f_one_b
+from planner.schedules.dualpipe import dualpipe, dualpipev
+from planner.schedules.zero_bubble import zb_h1, zb_h2
+from simulator.errors import InputError
+from simulator.scenario import Scenario
+from simulator.schedule import Schedule
+
+__all__ = ["SCHEDULES", "Generator", "available", "generate"]
+
+Generator = Callable[..., Schedule]
+
+#: name -> generator ``(scenario, **options) -> Schedule``, in the order tables list them.
+SCHEDULES: dict[str, Generator] = {
+    "gpipe": gpipe,
+    "1f1b": one_f_one_b,
+    "interleaved-1f1b": interleaved_1f1b,
+    "zb-h1": zb_h1,
+    "zb-h2": zb_h2,
+    "dualpipe": dualpipe,
+    "dualpipev": dualpipev,
+}
+
+
+def generate(name: str, scenario: Scenario, **options: Any) -> Schedule:
+    """The schedule ``name`` for ``scenario``; ``options`` override its ``pipeline:`` settings."""
+    generator = SCHEDULES.get(name)
+    if generator is None:
+        raise InputError(f"unknown schedule {name!r} (built in: {', '.join(SCHEDULES)})", field="schedule")
+    return generator(scenario, **options)
+
+
+def available(scenario: Scenario, **options: Any) -> dict[str, str | None]:
+    """name -> None where the schedule applies to ``scenario``, else why it does not."""
+    out: dict[str, str | None] = {}
+    for name in SCHEDULES:
+        try:
+            generate(name, scenario, **options)
+        except InputError as exc:
+            out[name] = f"{exc.field}: {exc.message}" if exc.field else exc.message
+        else:
+            out[name] = None
+    return out

@@ -1,0 +1,285 @@
+"""Pictures of a replay and of a sweep, drawn with matplotlib (no display needed).
+
+Every drawing function takes what the library already produces: a
+:class:`~simulator.engine.Timeline` (anything replayed can be drawn) or a sweep's
+results table, and returns a :class:`matplotlib.figure.Figure`; :func:`save_figure`
+writes it as PNG, SVG or PDF. Figures are built without ``pyplot``, so nothing here
+touches global state or needs a display.
+
+- :func:`gantt_figure`: one row per device, one bar per executed entry, coloured by
+  kind (F, B, W, a fused ``B+W``, an overlapped ``F&B``, communication); idle time is
+  the grey background between bars; micro-batch numbers are written in bars wide
+  enough to hold them.
+- :func:`memory_figure`: bytes in use over time on each device, with the capacity.
+- :func:`sweep_figure`: a metric against a swept field, one line per series, one
+  panel per facet.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from planner.sweeps.files import write_atomically
+from planner.sweeps.table import TABLE_COLUMNS
+from simulator.engine import Executed, Timeline
+from simulator.errors import InputError
+from simulator.metrics import build_report
+
+__all__ = ["COLORS", "FORMATS", "category", "entry_label", "gantt_figure", "memory_figure", "save_figure", "sweep_figure"]
+
+#: Fill colour per entry category (colour-blind-safe Okabe-Ito palette).
+COLORS = {
+    "F": "#0072B2",
+    "B": "#E69F00",
+    "W": "#009E73",
+    "B+W": "#D55E00",
+    "overlap": "#CC79A7",
+    "comm": "#999999",
+    "other": "#56B4E9",
+}
+_IDLE = "#eeeeee"
+FORMATS = (".png", ".svg", ".pdf")
+_LABEL_POINTS = 6.5
+
+
+def category(item: Executed) -> str:
+    """Colour category of an executed entry: its kind, ``B+W`` (fused), ``overlap`` or ``comm``.
+
+    >>> from simulator.schedule import Entry
+    >>> from simulator.problem import Task
+    >>> category(Executed("gpu0", "compute", Entry((Task("s0", 0, "B"), Task("s0", 0, "W"))), 0.0, 1.0))
+    'B+W'
+    """
+    entry = item.entry
+    if item.stream == "comm":
+        return "comm"
+    if entry.overlap:
+        return "overlap"
+    name = "+".join(task.kind for task in entry.tasks)
+    return name if name in COLORS else "other"
+
+
+def entry_label(item: Executed) -> str:
+    """Micro-batch number(s) of an entry: ``3``; ``5&2`` when overlapped; ``3+4`` when fused over two.
+
+    >>> from simulator.schedule import Entry
+    >>> from simulator.problem import Task
+    >>> entry_label(Executed("gpu0", "compute", Entry((Task("s0", 5, "F"), Task("s7", 2, "B")), overlap=True), 0.0, 1.0))
+    '5&2'
+    """
+    numbers: list[str] = []
+    for task in item.entry.tasks:
+        if str(task.mb) not in numbers:
+            numbers.append(str(task.mb))
+    return ("&" if item.entry.overlap else "+").join(numbers)
+
+
+def _devices(timeline: Timeline) -> list[str]:
+    return list(timeline.schedule.devices)
+
+
+def gantt_figure(timeline: Timeline, *, title: str | None = None, width_in: float = 13.0) -> Figure:
+    """One row per device, one bar per executed entry (``gid`` ``entry-<i>``), idle time visible.
+
+    When any communication-stream entries ran, each row has a thinner lane for them
+    under the compute lane.
+    """
+    devices = _devices(timeline)
+    has_comm = any(item.stream == "comm" for item in timeline.executed)
+    figure = Figure(figsize=(width_in, 1.3 + 0.42 * len(devices)), layout="constrained")
+    ax = figure.add_subplot()
+    span_ms = max(timeline.makespan * 1e3, 1e-12)
+    row = {device: index for index, device in enumerate(devices)}
+    lanes = {"compute": (-0.38, 0.5 if has_comm else 0.76), "comm": (0.16, 0.22)}
+    for index in range(len(devices)):
+        ax.axhspan(index - 0.4, index + 0.4, color=_IDLE, zorder=0, linewidth=0)
+    # Points available per millisecond of bar, to decide which labels fit.
+    axes_points = width_in * 72 * 0.86
+    points_per_ms = axes_points / span_ms
+    seen: list[str] = []
+    ys, lefts, widths, heights, colors = [], [], [], [], []
+    for item in timeline.executed:
+        kind = category(item)
+        if kind not in seen:
+            seen.append(kind)
+        offset, height = lanes["comm" if item.stream == "comm" else "compute"]
+        start, length = item.start * 1e3, (item.end - item.start) * 1e3
+        ys.append(row[item.device] + offset + height / 2)
+        lefts.append(start)
+        widths.append(length)
+        heights.append(height)
+        colors.append(COLORS[kind])
+        label = entry_label(item)
+        if item.stream == "compute" and length * points_per_ms >= 0.62 * _LABEL_POINTS * len(label) + 2:
+            ax.text(start + length / 2, ys[-1], label, ha="center", va="center", fontsize=_LABEL_POINTS, color="white", zorder=3)
+    bars = ax.barh(ys, widths, left=lefts, height=heights, color=colors, edgecolor="white", linewidth=0.4, zorder=2)
+    for number, patch in enumerate(bars.patches):
+        patch.set_gid(f"entry-{number}")
+    ax.set_yticks(range(len(devices)), devices)
+    ax.set_ylim(len(devices) - 0.5, -0.5)
+    ax.set_xlim(0, span_ms)
+    ax.set_xlabel("time (ms)")
+    ax.tick_params(axis="y", length=0)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    handles = [Patch(color=COLORS[kind], label=_LEGEND.get(kind, kind)) for kind in COLORS if kind in seen]
+    handles.append(Patch(color=_IDLE, label="idle"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    ax.set_title(title or _headline(timeline), fontsize=10, loc="left")
+    return figure
+
+
+_LEGEND = {"F": "F (forward)", "B": "B (backward, inputs)", "W": "W (backward, weights)", "B+W": "B+W (full backward)",
+           "overlap": "F&B (overlapped)", "comm": "communication"}
+
+
+def _headline(timeline: Timeline) -> str:
+    report = build_report(timeline)
+    name = timeline.schedule.name or "schedule"
+    text = (f"{name}: makespan {report.makespan * 1e3:.4g} ms, mean bubble {100 * report.mean_bubble_ratio:.1f}%,"
+            f" peak memory {report.peak_memory / 1e9:.3g} GB")
+    if timeline.violations:
+        text += f" ({len(timeline.violations)} violations)"
+    return text
+
+
+def memory_figure(timeline: Timeline, *, title: str | None = None) -> Figure:
+    """Memory in use (GB) over time (ms) on every device, and each distinct capacity as a dashed line."""
+    devices = _devices(timeline)
+    figure = Figure(figsize=(11, 4.8), layout="constrained")
+    ax = figure.add_subplot()
+    colors = _palette(len(devices))
+    end = timeline.makespan * 1e3
+    for device, color in zip(devices, colors):
+        samples = list(timeline.memory[device])
+        times = [t * 1e3 for t, _ in samples] + [end]
+        used = [b / 1e9 for _, b in samples] + [samples[-1][1] / 1e9]
+        ax.step(times, used, where="post", color=color, linewidth=1.2, label=device)
+    capacities = sorted({timeline.problem.cluster.by_name[d].memory_bytes for d in devices})
+    for capacity in capacities:
+        ax.axhline(capacity / 1e9, color="black", linestyle="--", linewidth=1.2, label=f"capacity {capacity / 1e9:.4g} GB")
+    ax.set_xlim(0, max(end, 1e-12))
+    ax.set_ylim(0, None)
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("memory in use (GB)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    ax.set_title(title or f"memory: {_headline(timeline)}", fontsize=10, loc="left")
+    return figure
+
+
+def _palette(count: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def _require_columns(table: pd.DataFrame, names: Iterable[str | None]) -> None:
+    for name in names:
+        if name is not None and name not in table.columns:
+            raise InputError(f"no column {name!r} in the results (columns: {', '.join(map(str, table.columns))})", field=name)
+
+
+def _varying(group: pd.DataFrame, fixed: Sequence[str]) -> list[str]:
+    """Point fields (columns before the result columns) that still differ inside one plotted point."""
+    fields = [c for c in group.columns if c not in TABLE_COLUMNS and c not in fixed]
+    return [c for c in fields if group[c].astype(str).nunique() > 1]
+
+
+def _ordered(values: Iterable) -> list:
+    out: list = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in out)
+    return sorted(out) if numeric else out
+
+
+def sweep_figure(
+    table: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    series: str | None = None,
+    facet: str | None = None,
+    statuses: Sequence[str] = ("ok",),
+    title: str | None = None,
+) -> Figure:
+    """``y`` against ``x`` from a sweep's results: one line per ``series`` value, one panel per ``facet`` value.
+
+    Only rows whose status is in ``statuses`` are drawn. If two rows land on the same
+    (facet, series, x) the picture would hide one: that is refused with the fields
+    that differ, to be used as ``series`` or ``facet``.
+    """
+    _require_columns(table, (x, y, series, facet, "status"))
+    rows = table[table["status"].isin(list(statuses))]
+    if rows.empty:
+        raise InputError(f"no rows with status {' or '.join(statuses)} to draw", field="status")
+    keys = [c for c in (facet, series, x) if c is not None]
+    for _, group in rows.groupby(keys, dropna=False, sort=False):
+        if len(group) > 1:
+            differ = _varying(group, keys)
+            hint = f"; they differ in {', '.join(differ)}: use it as --series or --facet" if differ else ""
+            raise InputError(f"{len(group)} rows share one point of the plot{hint}", field=x)
+    facets = [f for f in _ordered(table[facet]) if f in set(rows[facet])] if facet else [None]
+    columns = min(len(facets), 3)
+    lines = (len(facets) + columns - 1) // columns
+    figure = Figure(figsize=(4.6 * columns + 1.6, 3.6 * lines), layout="constrained")
+    axes = figure.subplots(lines, columns, squeeze=False, sharey=True)
+    xs = _ordered(rows[x])
+    categorical = not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
+    names = [n for n in _ordered(table[series]) if n in set(rows[series])] if series else [None]
+    colors = dict(zip(names, _palette(len(names))))
+    for index, value in enumerate(facets):
+        ax = axes[index // columns][index % columns]
+        part = rows if facet is None else rows[rows[facet] == value]
+        for name in names:
+            line = part if series is None else part[part[series] == name]
+            if line.empty:
+                continue
+            line = line.assign(_pos=line[x].map(xs.index) if categorical else line[x]).sort_values("_pos")
+            ax.plot(line["_pos"], line[y], marker="o", markersize=4, color=colors[name], label=str(name) if series else y)
+        if categorical:
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+        elif len(xs) <= 12:
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+        ax.set_xlabel(x)
+        ax.set_title(f"{facet} = {value}" if facet else "", fontsize=9)
+        ax.grid(alpha=0.3)
+    for index in range(len(facets), lines * columns):
+        axes[index // columns][index % columns].set_visible(False)
+    axes[0][0].set_ylabel(y)
+    if series:
+        figure.legend(*axes[0][0].get_legend_handles_labels() if len(facets) == 1 else _all_handles(axes), title=series,
+                      loc="outside right upper", frameon=False, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _all_handles(axes) -> tuple[list, list]:
+    handles, labels = [], []
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    return handles, labels
+
+
+def save_figure(figure: Figure, path: str | Path, *, inputs: Iterable[str | Path] = (), option: str = "--output") -> Path:
+    """Write ``figure`` to ``path`` (format from the suffix: .png, .svg, .pdf), atomically."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise InputError(f"unknown picture format {path.suffix or '(none)'!r} (use {', '.join(FORMATS)})", file=str(path), field=option)
+    fmt = path.suffix.lower()[1:]
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
+    figure.savefig(buffer, format=fmt, dpi=150, metadata=metadata)
+    return write_atomically(path, buffer.getvalue(), inputs=inputs, option=option)

@@ -1,0 +1,108 @@
+"""The sweep's results as a table: one row per point, in sweep order.
+
+Leading columns are the point's fields under their dotted names
+(``cluster.profile``, ``workload.micro_batches``, ``schedule``), then ``status`` and
+``error``, then the metrics (:data:`planner.sweeps.point.METRICS`), the seconds the
+point took and its key. The same table is written as CSV (to read) and Parquet (to
+load in pandas with its types), and summarised on the terminal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.table import Table
+
+from planner.output import write_output
+from planner.sweeps.files import write_atomically
+from planner.sweeps.point import METRICS
+from planner.sweeps.spec import SweepSpec
+from simulator.errors import InputError
+
+__all__ = ["TABLE_COLUMNS", "results_table", "write_tables", "read_table", "summary_table"]
+
+#: Columns after the point's fields.
+TABLE_COLUMNS = ("schedule_name", "status", "error", *METRICS, "elapsed_s", "key")
+_TAIL = TABLE_COLUMNS
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def results_table(spec: SweepSpec, rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """The table of every point of ``spec`` that has a row (keyed by point key), in sweep order."""
+    records = []
+    for point in spec.points:
+        row = rows.get(point.key)
+        if row is None:
+            continue
+        fields = dict(point.fields)
+        record = {path: _cell(fields.get(path)) for path in spec.fields}
+        record.update({column: row.get(column) for column in _TAIL})
+        records.append(record)
+    table = pd.DataFrame.from_records(records, columns=[*spec.fields, *_TAIL])
+    for column in ("devices", "tasks", "violations"):  # counts stay integers next to the empty cells of failed points
+        table[column] = table[column].astype("Int64")
+    for column in spec.fields:  # a field swept over numbers and strings becomes text (Parquet needs one type)
+        kinds = {type(v) for v in table[column] if v is not None and not (isinstance(v, float) and pd.isna(v))}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            table[column] = table[column].map(lambda v: None if v is None else str(v))
+    return table
+
+
+def write_tables(table: pd.DataFrame, folder: Path, *, inputs: tuple[Path, ...] = ()) -> tuple[Path, Path]:
+    """Write ``results.csv`` and ``results.parquet`` into ``folder`` (atomically)."""
+    csv = write_output(folder / "results.csv", table.to_csv(index=False), inputs=inputs, option="--out")
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    parquet = write_atomically(folder / "results.parquet", buffer.getvalue(), inputs=inputs, option="--out")
+    return csv, parquet
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Load a results table written by a sweep (``.csv`` or ``.parquet``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", file=str(path))
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix == ".csv":
+            return pd.read_csv(path)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot read the table ({exc})", file=str(path)) from None
+    raise InputError("expected a .csv or .parquet results table", file=str(path))
+
+
+def _fmt(value: Any, scale: float = 1.0, digits: str = ".4g") -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    return format(value * scale, digits)
+
+
+def summary_table(table: pd.DataFrame, fields: tuple[str, ...], *, title: str = "", limit: int = 100) -> Table:
+    """A rich table of the first ``limit`` rows: fields, status, and the headline metrics."""
+    out = Table(title=title, caption=f"{len(table) - limit} more rows in the results table" if len(table) > limit else None)
+    for column in fields:
+        out.add_column(column, no_wrap=True, min_width=len(column))
+    for header in ("status", "makespan ms", "bubble %", "util %", "peak GB"):
+        out.add_column(header, justify="left" if header == "status" else "right", no_wrap=True, min_width=14 if header == "status" else len(header))
+    out.add_column("note", no_wrap=True, overflow="ellipsis")
+    for record in table.head(limit).to_dict("records"):
+        note = str(record.get("error") or "")
+        out.add_row(
+            *(str(record[column]) for column in fields),
+            str(record["status"]),
+            _fmt(record.get("makespan_ms")),
+            _fmt(record.get("bubble_ratio"), 100, ".1f"),
+            _fmt(record.get("utilization"), 100, ".1f"),
+            _fmt(record.get("peak_memory_gb")),
+            note if len(note) <= 50 else note[:49] + "…",
+        )
+    return out

@@ -1,0 +1,322 @@
+"""``type: transformer``: a dense decoder-only transformer (the LLaMA family).
+
+Example (``scenarios/llama7b-8xh100.yaml``)::
+
+    model:
+      type: transformer
+      preset: llama-7b          # llama-7b | llama-13b | llama-70b; any field below overrides it
+      seq_len: 4096
+      micro_batch_size: 1
+      recompute: false          # true: keep only each operator's input, re-run F inside B
+      measured:                 # optional: measured milliseconds win over FLOPs / (peak * eff)
+        L0.attn: {H100-SXM5: {F: 1.9, B: 3.1, W: 1.2}}
+
+Fields: ``layers``, ``hidden``, ``heads``, ``kv_heads`` (grouped-query attention;
+defaults to ``heads``), ``ffn`` (SwiGLU width), ``vocab``, ``seq_len``,
+``micro_batch_size``, ``precision`` (bf16 | fp16), ``recompute``, ``flash_attention``
+(default true: no ``s^2`` activations), ``name``, ``measured``.
+
+The graph is a chain at planner granularity: ``embed -> L0.attn -> L0.mlp -> ... ->
+head`` (``head`` = final norm + LM head + loss). Operators carry F / B / W FLOPs,
+parameters, static bytes, activation and W-retained bytes from :mod:`simulator.costs`;
+each edge carries the residual stream ``b s h e`` bytes. Groups: ``embed``,
+``layer<i>``, ``head``.
+
+This module also holds what the MoE and two-tower builders share: the common fields,
+the attention / MLP / head blocks and the ``measured:`` override.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from simulator.costs import ELEMENT_BYTES, Cost, attention_core, cross_entropy, elementwise, embedding, linear, norm
+from simulator.graph import Edge, Operator, OperatorGraph
+from simulator.models import register
+from simulator.yamlio import Section
+
+__all__ = [
+    "PRESETS",
+    "Settings",
+    "TransformerConfig",
+    "config_from_section",
+    "transformer_graph",
+    "build_transformer",
+    "model_facts",
+    "attention_cost",
+    "mlp_cost",
+    "head_cost",
+    "make_operator",
+    "read_fields",
+    "read_settings",
+    "apply_measured",
+    "GraphBuilder",
+]
+
+#: Published shapes. LLaMA 2 (Touvron et al. 2023, Table 1 and the released
+#: ``config.json``): 7B and 13B use multi-head attention, 70B grouped-query attention
+#: with 8 KV heads; all use SwiGLU, RMSNorm, untied embeddings, a 32000-token vocabulary
+#: and a 4096-token context. (LLaMA 1 7B / 13B have the same shapes with 2048 tokens.)
+#: ``kv_heads`` left out means ``kv_heads = heads``, also after ``heads`` is overridden.
+PRESETS: Mapping[str, Mapping[str, int]] = {
+    "llama-7b": {"layers": 32, "hidden": 4096, "heads": 32, "ffn": 11008, "vocab": 32000, "seq_len": 4096},
+    "llama-13b": {"layers": 40, "hidden": 5120, "heads": 40, "ffn": 13824, "vocab": 32000, "seq_len": 4096},
+    "llama-70b": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8, "ffn": 28672, "vocab": 32000, "seq_len": 4096},
+}
+
+_SETTING_DEFAULTS: Mapping[str, Any] = {
+    "seq_len": 2048,
+    "micro_batch_size": 1,
+    "precision": "bf16",
+    "recompute": False,
+    "flash_attention": True,
+}
+_ARCH_FIELDS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")
+
+
+# -- shared YAML plumbing ------------------------------------------------------------------
+def read_fields(
+    section: Section,
+    defaults: Mapping[str, Any],
+    *,
+    ints: Mapping[str, int] | None = None,
+    bools: Iterable[str] = (),
+    choices: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """``defaults`` overridden by whatever ``section`` sets, each value type-checked.
+
+    ``ints`` maps an integer field to its minimum, ``choices`` a string field to its options.
+
+    An integer field still ``None`` afterwards was neither set nor given by a preset:
+    it is reported as missing, naming the field.
+    """
+    values = dict(defaults)
+    for key, minimum in (ints or {}).items():
+        if key in section:
+            values[key] = section.integer(key, minimum=minimum)
+        elif values.get(key) is None:
+            raise section.error("required field is missing (set it, or choose a preset)", key)
+    for key in bools:
+        if key in section:
+            values[key] = section.bool(key)
+    for key, options in (choices or {}).items():
+        if key in section:
+            values[key] = section.str(key, choices=options)
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Fields every builder shares: sequence, micro-batch, precision, recomputation."""
+
+    seq_len: int
+    micro_batch_size: int
+    precision: str = "bf16"
+    recompute: bool = False
+    flash_attention: bool = True
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per micro-batch, ``b * s``."""
+        return self.seq_len * self.micro_batch_size
+
+    @property
+    def elem(self) -> int:
+        """Bytes per activation element."""
+        return ELEMENT_BYTES[self.precision]
+
+
+SETTING_KEYS = frozenset(_SETTING_DEFAULTS) | {"measured", "name", "type"}
+
+
+def read_settings(section: Section, defaults: Mapping[str, Any] | None = None) -> Settings:
+    """The common fields, over ``defaults`` (a preset's ``seq_len``, say)."""
+    base = {**_SETTING_DEFAULTS, **{k: v for k, v in (defaults or {}).items() if k in _SETTING_DEFAULTS}}
+    values = read_fields(
+        section,
+        base,
+        ints={"seq_len": 1, "micro_batch_size": 1},
+        bools=("recompute", "flash_attention"),
+        choices={"precision": sorted(ELEMENT_BYTES)},
+    )
+    return Settings(**{k: values[k] for k in _SETTING_DEFAULTS})
+
+
+def apply_measured(section: Section, operators: Sequence[Operator]) -> tuple[Operator, ...]:
+    """Apply ``measured: {op: {device type | "*": {F: ms, B: ms, W: ms}}}`` (milliseconds).
+
+    A measured time wins over the FLOP estimate in :meth:`simulator.problem.Problem.duration`.
+    """
+    if "measured" not in section:
+        return tuple(operators)
+    table = section.section("measured")
+    by_name = {op.name: op for op in operators}
+    for name in table.keys():
+        if name not in by_name:
+            raise table.error(f"no operator named {name!r} in this model (e.g. {', '.join(list(by_name)[:3])})", name)
+        per_type = table.section(name)
+        measured: dict[str, dict[str, float]] = {}
+        for device_type in per_type.keys():
+            times = per_type.section(device_type)
+            times.check_keys({"F", "B", "W"})
+            measured[device_type] = {kind: times.number(kind) * 1e-3 for kind in times.keys()}
+        by_name[name] = replace(by_name[name], measured=measured)
+    return tuple(by_name[op.name] for op in operators)
+
+
+# -- building blocks -----------------------------------------------------------------------
+def attention_cost(settings: Settings, hidden: int, heads: int, kv_heads: int) -> Cost:
+    """Pre-norm self-attention: norm, fused QKV projection, attention core, output projection.
+
+    Parameters ``2 h^2 + 2 h (kv d) + h`` with ``d = h / heads``.
+
+    >>> s = Settings(seq_len=8, micro_batch_size=1)
+    >>> int(attention_cost(s, hidden=16, heads=4, kv_heads=2).params)
+    784
+    """
+    t, e, d = settings.tokens, settings.elem, hidden // heads
+    return (
+        norm(t, hidden, e)
+        + linear(t, hidden, hidden + 2 * kv_heads * d, e)
+        + attention_core(settings.micro_batch_size, heads, settings.seq_len, settings.seq_len, d, d, e, flash=settings.flash_attention)
+        + linear(t, hidden, hidden, e)
+    )
+
+
+def mlp_cost(tokens: float, hidden: int, ffn: int, elem: int, *, kind: str = "swiglu", with_norm: bool = True) -> Cost:
+    """Feed-forward block on ``tokens`` tokens.
+
+    ``swiglu``: ``down(silu(gate x) * up x)``, ``3 h f`` parameters, saves the gate and
+    up outputs; ``gelu``: ``down(gelu(up x))``, ``2 h f`` parameters, saves the GELU input.
+
+    >>> [int(mlp_cost(tokens=1, hidden=4, ffn=8, elem=2, kind=k).params) for k in ("swiglu", "gelu")]
+    [100, 68]
+    """
+    width = 2 * ffn if kind == "swiglu" else ffn
+    cost = linear(tokens, hidden, width, elem) + elementwise(tokens, ffn, 2 if kind == "swiglu" else 1, elem)
+    cost = cost + linear(tokens, ffn, hidden, elem)
+    return norm(tokens, hidden, elem) + cost if with_norm else cost
+
+
+def head_cost(tokens: float, hidden: int, vocab: int, elem: int) -> Cost:
+    """Final norm + LM head (untied) + softmax cross-entropy loss."""
+    return norm(tokens, hidden, elem) + linear(tokens, hidden, vocab, elem) + cross_entropy(tokens, vocab)
+
+
+def make_operator(name: str, cost: Cost, *, group: str, keep: float | None = None, **extra: Any) -> Operator:
+    """An operator from a cost; ``keep`` = input bytes kept under recomputation (None: off)."""
+    if keep is not None:
+        cost = cost.recomputed(keep)
+    return Operator(
+        name=name,
+        flops=cost.flops,
+        params=cost.params,
+        static_bytes=cost.static_bytes,
+        activation_bytes=cost.saved,
+        w_retained_bytes=cost.weight_inputs,
+        workspace_bytes=cost.workspace,
+        group=group,
+        **extra,
+    )
+
+
+class GraphBuilder:
+    """Collects operators and edges in declaration order (which fixes topological ties)."""
+
+    def __init__(self) -> None:
+        self.operators: list[Operator] = []
+        self.edges: list[Edge] = []
+
+    def add(self, op: Operator, *inputs: tuple[str, float]) -> str:
+        """Add ``op`` fed by ``(src, bytes)`` pairs; returns its name for chaining."""
+        self.operators.append(op)
+        self.edges.extend(Edge(src, op.name, size) for src, size in inputs)
+        return op.name
+
+    def build(self, name: str, section: Section) -> OperatorGraph:
+        return OperatorGraph(name=name, operators=apply_measured(section, self.operators), edges=tuple(self.edges))
+
+
+# -- the dense transformer -----------------------------------------------------------------
+@dataclass(frozen=True)
+class TransformerConfig:
+    """A dense decoder: shapes plus the shared :class:`Settings`."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    settings: Settings
+    preset: str = ""
+
+    @property
+    def params(self) -> float:
+        """Parameter count from the shapes (the graph's operators sum to the same)."""
+        s = self.settings
+        layer = attention_cost(s, self.hidden, self.heads, self.kv_heads).params + mlp_cost(1, self.hidden, self.ffn, 2).params
+        return self.layers * layer + 2 * self.vocab * self.hidden + self.hidden
+
+
+def check_heads(section: Section, hidden: int, heads: int, kv_heads: int | None = None, prefix: str = "") -> None:
+    """``heads`` must divide ``hidden`` and ``kv_heads`` must divide ``heads``."""
+    if hidden % heads:
+        raise section.error(f"{prefix}heads ({heads}) must divide {prefix}hidden ({hidden})", "heads")
+    if kv_heads is not None and heads % kv_heads:
+        raise section.error(f"{prefix}kv_heads ({kv_heads}) must divide {prefix}heads ({heads})", "kv_heads")
+
+
+def config_from_section(section: Section) -> TransformerConfig:
+    """Validate a ``type: transformer`` section into a :class:`TransformerConfig`."""
+    section.check_keys(SETTING_KEYS | set(_ARCH_FIELDS) | {"preset"})
+    preset = section.str("preset", choices=sorted(PRESETS)) if "preset" in section else ""
+    base: dict[str, Any] = dict.fromkeys(_ARCH_FIELDS)
+    base["vocab"] = 32000
+    base.update(PRESETS.get(preset, {}))
+    values = read_fields(section, base, ints={k: 1 for k in _ARCH_FIELDS if k != "kv_heads"})
+    values["kv_heads"] = section.integer("kv_heads", minimum=1) if "kv_heads" in section else values["kv_heads"] or values["heads"]
+    check_heads(section, values["hidden"], values["heads"], values["kv_heads"])
+    return TransformerConfig(
+        **{k: values[k] for k in _ARCH_FIELDS},
+        settings=read_settings(section, PRESETS.get(preset, {})),
+        preset=preset,
+    )
+
+
+def transformer_graph(config: TransformerConfig, name: str, section: Section | None = None) -> OperatorGraph:
+    """The operator graph of a dense decoder (``section`` supplies ``measured:``)."""
+    s = config.settings
+    t, e, h = s.tokens, s.elem, config.hidden
+    stream = t * h * e  # the residual stream between operators
+    keep = stream if s.recompute else None
+    g = GraphBuilder()
+    prev = g.add(make_operator("embed", embedding(t, config.vocab, h), group="embed"))
+    for i in range(config.layers):
+        attn = make_operator(f"L{i}.attn", attention_cost(s, h, config.heads, config.kv_heads), group=f"layer{i}", keep=keep)
+        prev = g.add(attn, (prev, stream))
+        mlp = make_operator(f"L{i}.mlp", mlp_cost(t, h, config.ffn, e), group=f"layer{i}", keep=keep)
+        prev = g.add(mlp, (prev, stream))
+    g.add(make_operator("head", head_cost(t, h, config.vocab, e), group="head"), (prev, stream))
+    return g.build(name, section or Section({}))
+
+
+@register("transformer")
+def build_transformer(section: Section, base_dir: Path) -> OperatorGraph:
+    config = config_from_section(section)
+    return transformer_graph(config, str(section.raw("name", config.preset or "transformer")), section)
+
+
+def model_facts(section: Section) -> list[tuple[str, str]]:
+    """Rows for ``opplan describe``: what the graph alone does not say."""
+    c = config_from_section(section)
+    s = c.settings
+    return [
+        ("preset", c.preset or "(none)"),
+        ("shape", f"{c.layers} layers, hidden {c.hidden}, {c.heads} heads ({c.kv_heads} KV), ffn {c.ffn}, vocab {c.vocab}"),
+        ("tokens per micro-batch", f"{s.tokens} ({s.micro_batch_size} x {s.seq_len})"),
+        ("precision / recompute", f"{s.precision} / {'on' if s.recompute else 'off'}"),
+    ]
