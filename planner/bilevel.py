@@ -19,8 +19,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from planner.heuristics import best_list_schedule
 from planner.mip.lower import LowerLevelResult, Progress, solve_schedule
@@ -113,6 +113,21 @@ def _builtin_candidates(scenario: Scenario, limits: Mapping[str, float]) -> list
     return out
 
 
+#: Up to this many operators the placement MIP decides every operator on its own.
+OPERATOR_LEVEL_LIMIT = 200
+
+
+def _placement_groups(graph) -> dict[str, str]:
+    """Operator level when small enough (branches stay free to spread: experts, towers);
+    else the model's own groups (layers, experts of a layer); else contiguous chunks."""
+    if len(graph.operators) <= OPERATOR_LEVEL_LIMIT:
+        return {op.name: op.name for op in graph.operators}
+    labelled = {op.name: op.group or op.name for op in graph.operators}
+    if len(set(labelled.values())) <= OPERATOR_LEVEL_LIMIT:
+        return labelled
+    return chain_groups(graph, OPERATOR_LEVEL_LIMIT)
+
+
 def _upper_level_placements(scenario: Scenario, limits: Mapping[str, float], budget: float) -> list[tuple[str, dict[Task, str]]]:
     """Placements from the placement MIP on the coarsened graph, plus the chain partition."""
     problem = scenario.problem
@@ -121,9 +136,7 @@ def _upper_level_placements(scenario: Scenario, limits: Mapping[str, float], bud
     out: list[tuple[str, dict[Task, str]]] = [("chain-partition", by_operator(problem, contiguous_partitions(problem, len(devices))))]
     if len(devices) == 1:
         return out
-    has_groups = any(op.group for op in graph.operators)
-    groups = None if has_groups else (chain_groups(graph, min(len(graph.operators), 4 * len(devices))) if len(graph.operators) > 64 else None)
-    coarsening = coarsen(graph, groups)
+    coarsening = coarsen(graph, _placement_groups(graph))
     began = time.monotonic()
     seen: list[dict[str, str]] = []
     for weight in (0.0, 0.5, 1.0, 2.0):

@@ -13,8 +13,8 @@ proof. Results carry ``heuristic=True`` so reports can say so.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from planner.taskgraph import TaskGraph
 

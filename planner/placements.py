@@ -9,7 +9,7 @@ so its static memory doubles).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from simulator.errors import InfeasibleError
 from simulator.problem import Problem, Task

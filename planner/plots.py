@@ -18,6 +18,7 @@ touches global state or needs a display.
 from __future__ import annotations
 
 import io
+import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -192,13 +193,17 @@ def _varying(group: pd.DataFrame, fixed: Sequence[str]) -> list[str]:
     return [c for c in fields if group[c].astype(str).nunique() > 1]
 
 
-def _ordered(values: Iterable) -> list:
+def _distinct(values: Iterable) -> list:
+    """Distinct values in order of first appearance (the sweep's order)."""
     out: list = []
     for value in values:
         if value not in out:
             out.append(value)
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in out)
-    return sorted(out) if numeric else out
+    return out
+
+
+def _is_numeric(values: Sequence) -> bool:
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
 
 
 def sweep_figure(
@@ -227,14 +232,15 @@ def sweep_figure(
             differ = _varying(group, keys)
             hint = f"; they differ in {', '.join(differ)}: use it as --series or --facet" if differ else ""
             raise InputError(f"{len(group)} rows share one point of the plot{hint}", field=x)
-    facets = [f for f in _ordered(table[facet]) if f in set(rows[facet])] if facet else [None]
+    facets = [f for f in _distinct(table[facet]) if f in set(rows[facet])] if facet else [None]
     columns = min(len(facets), 3)
     lines = (len(facets) + columns - 1) // columns
     figure = Figure(figsize=(4.6 * columns + 1.6, 3.6 * lines), layout="constrained")
     axes = figure.subplots(lines, columns, squeeze=False, sharey=True)
-    xs = _ordered(rows[x])
-    categorical = not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
-    names = [n for n in _ordered(table[series]) if n in set(rows[series])] if series else [None]
+    xs = _distinct(rows[x])
+    categorical = not _is_numeric(xs)
+    xs = xs if categorical else sorted(xs)
+    names = [n for n in _distinct(table[series]) if n in set(rows[series])] if series else [None]
     colors = dict(zip(names, _palette(len(names))))
     for index, value in enumerate(facets):
         ax = axes[index // columns][index % columns]

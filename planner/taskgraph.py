@@ -13,9 +13,9 @@ transfers contend for a link.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Mapping, Sequence
 
 from simulator.errors import InfeasibleError
 from simulator.problem import Problem, Task
@@ -265,5 +265,5 @@ class TaskGraph:
         return {d: float(sum(by_name[o].static_bytes for o in names)) for d, names in ops.items()}
 
     @staticmethod
-    def from_schedule(problem: Problem, schedule: Schedule) -> "TaskGraph":
+    def from_schedule(problem: Problem, schedule: Schedule) -> TaskGraph:
         return TaskGraph(problem, schedule.placement())

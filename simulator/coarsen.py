@@ -140,9 +140,7 @@ def _assign(graph: OperatorGraph, groups: Mapping[str, str] | None) -> dict[str,
         labels = {op.group for op in graph.operators if op.group}
         for op in graph.operators:
             if not op.group and op.name in labels:
-                raise InputError(
-                    f"operator {op.name!r} has no group, but another operator uses its name as a group label", field="groups"
-                )
+                raise InputError(f"operator {op.name!r} has no group, but another operator uses its name as a group label", field="groups")
         return {op.name: op.group or op.name for op in graph.operators}
     unknown = sorted(set(groups) - set(graph.by_name))
     if unknown:

@@ -107,18 +107,6 @@ class Cost:
         """Weights, gradients and optimizer state (:data:`STATIC_BYTES_PER_PARAM`)."""
         return self.params * STATIC_BYTES_PER_PARAM
 
-    def times(self, count: float) -> Cost:
-        """``count`` identical copies (e.g. all the experts of a group)."""
-        return Cost(
-            forward=self.forward * count,
-            backward_input=self.backward_input * count,
-            backward_weight=self.backward_weight * count,
-            params=self.params * count,
-            saved=self.saved * count,
-            weight_inputs=self.weight_inputs * count,
-            workspace=self.workspace * count,
-        )
-
     def recomputed(self, kept: float) -> Cost:
         """Full activation recomputation: keep only ``kept`` bytes (the input).
 

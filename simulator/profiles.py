@@ -7,6 +7,7 @@ number of nodes (and may override memory or bandwidth for what-if studies).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -56,7 +57,17 @@ class HardwareProfile:
 
 
 def profile_dir() -> Path:
-    """The bundled ``hardware_profiles`` folder (works installed or from a checkout)."""
+    """The bundled ``hardware_profiles`` folder (works installed or from a checkout).
+
+    ``hardware_profiles`` is a namespace package (data only). Under an editable
+    install its ``__path__`` also holds setuptools' finder hook, which is not a
+    folder, and ``importlib.resources.files`` then fails; so the first entry that
+    is a real folder is used.
+    """
+    package = importlib.import_module("hardware_profiles")
+    for entry in package.__path__:
+        if Path(entry).is_dir():
+            return Path(entry)
     return Path(str(resources.files("hardware_profiles")))
 
 

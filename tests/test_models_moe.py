@@ -121,7 +121,9 @@ def test_default_coarsening_keeps_collectives_in_groups_of_their_own():
 )
 def test_bad_configs_fail_with_one_input_error_naming_the_field(tmp_path, model, field, words):
     with pytest.raises(InputError) as info:
-        scenario_from_dict({"model": {"type": "moe", **model}, "cluster": {"devices": 1}, "workload": {"micro_batches": 1}}, tmp_path / "b.yaml")
+        scenario_from_dict(
+            {"model": {"type": "moe", **model}, "cluster": {"devices": 1}, "workload": {"micro_batches": 1}}, tmp_path / "b.yaml"
+        )
     assert (info.value.field, info.value.file) == (field, str(tmp_path / "b.yaml"))
     assert words in info.value.message
 

@@ -74,7 +74,9 @@ def test_groups_are_per_layer_and_per_tower():
 )
 def test_bad_configs_fail_with_one_input_error_naming_the_field(tmp_path, model, field, words):
     with pytest.raises(InputError) as info:
-        scenario_from_dict({"model": {"type": "two_tower", **model}, "cluster": {"devices": 1}, "workload": {"micro_batches": 1}}, tmp_path / "t.yaml")
+        scenario_from_dict(
+            {"model": {"type": "two_tower", **model}, "cluster": {"devices": 1}, "workload": {"micro_batches": 1}}, tmp_path / "t.yaml"
+        )
     assert (info.value.field, info.value.file) == (field, str(tmp_path / "t.yaml"))
     assert words in info.value.message
 

@@ -1,7 +1,7 @@
 """Stopping a sweep midway loses nothing finished, and the next run computes only the rest.
 
 The sweep runs as a real ``opplan sweep`` process; its points are made slow enough
-(8 stages x ~1000 micro-batches, a tenth of a second or more each) to stop it while
+(8 stages x ~600 micro-batches, about a tenth of a second each) to stop it while
 some are done and others are not.
 """
 
@@ -27,7 +27,7 @@ def slow_sweep(folder: Path) -> Path:
             "workload": {"micro_batches": 8}}
     (folder / "base.yaml").write_text(yaml.safe_dump(base))
     sweep = {"name": "slow", "scenario": "base.yaml",
-             "grid": {"workload.micro_batches": list(range(1000, 1000 + POINTS // 2)), "schedule": ["gpipe", "1f1b"]}}
+             "grid": {"workload.micro_batches": list(range(600, 600 + POINTS // 2)), "schedule": ["gpipe", "1f1b"]}}
     (folder / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     return folder / "sweep.yaml"
 

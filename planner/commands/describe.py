@@ -133,12 +133,16 @@ def _summary(scenario_name: str, problem: Problem, facts: list[tuple[str, str]])
     table.add_row("parameters", fmt_count(graph.total("params")))
     flops = " | ".join(f"{kind} {fmt_flops(_kind_flops(graph, kind))}" for kind in KINDS)
     table.add_row("FLOPs per micro-batch", flops)
-    table.add_row("activations per micro-batch", f"{fmt_bytes(graph.total('activation_bytes'))} (kept for W: {fmt_bytes(graph.total('w_retained_bytes'))})")
+    table.add_row(
+        "activations per micro-batch",
+        f"{fmt_bytes(graph.total('activation_bytes'))} (kept for W: {fmt_bytes(graph.total('w_retained_bytes'))})",
+    )
     table.add_row("static memory (weights, grads, Adam)", fmt_bytes(graph.total("static_bytes")))
     devices = problem.cluster.devices
     capacity = sum(d.memory_bytes for d in devices)
     table.add_row("cluster", f"{len(devices)} x {devices[0].type}, {fmt_bytes(capacity)} memory in all")
-    table.add_row("workload", f"{workload.micro_batches} micro-batches, {workload.mode}")
+    plural = "es" if workload.micro_batches != 1 else ""
+    table.add_row("workload", f"{workload.micro_batches} micro-batch{plural}, {workload.mode}")
     return table
 
 

@@ -70,10 +70,14 @@ def _parse_with(values: tuple[str, ...]) -> dict[str, Path]:
 @scenario_argument
 @click.option("--with", "extra", multiple=True, metavar="LABEL=FILE", help="also replay this schedule file")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the rows as JSON")
+@click.option("--plan", "with_plan", is_flag=True, help="also run the bi-level MIP planner and add its schedule as a row")
+@click.option("--plan-memory-like", default=None, metavar="SCHEDULE",
+              help="with --plan: hold the planner to this built-in schedule's peak memory (e.g. dualpipe)")
+@click.option("--time-limit", type=click.FloatRange(min=1.0), default=None, help="with --plan: seconds for the planner")
 @_chunks
 @_ranks
-def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | None, chunks: int | None,
-                    ranks: int | None) -> None:
+def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | None, with_plan: bool,
+                    plan_memory_like: str | None, time_limit: float | None, chunks: int | None, ranks: int | None) -> None:
     """Replay every built-in schedule that applies to SCENARIO (and the --with files); print one table."""
     loaded = load_scenario(scenario)
     files = _parse_with(extra)
@@ -82,6 +86,8 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
         violations = static_violations(loaded.problem, schedules[label])
         if violations:
             raise ScheduleRejected(violations, file=str(path))
+    if with_plan:
+        schedules["opplan plan"] = _planned(loaded, plan_memory_like, time_limit)
     rows = comparison_rows(loaded, schedules, chunks=chunks, ranks=ranks)
     unavailable = {name: reason for name, reason in available(loaded, chunks=chunks, ranks=ranks).items() if reason}
     p = loaded.problem
@@ -90,3 +96,19 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
     if json_path is not None:
         text = json.dumps([row.to_dict() for row in rows], indent=1) + "\n"
         write_output(json_path, text, inputs=[scenario, *files.values()], option="--json")
+
+
+def _planned(scenario, memory_like_name: str | None, time_limit: float | None) -> Schedule:
+    """The planner's schedule for the comparison (progress goes to the terminal)."""
+    from rich.console import Console
+
+    from planner.bilevel import plan
+    from planner.commands.plan import memory_like, print_plan, progress_printer
+
+    console = Console(width=max(Console().width, 132))
+    limit = memory_like(scenario, memory_like_name) if memory_like_name else None
+    if limit is not None:
+        console.print(f"planner memory limit: {limit / 1e9:.4g} GB per device (the peak of {memory_like_name})", highlight=False)
+    result = plan(scenario, time_limit=time_limit, memory_limit_bytes=limit, progress=progress_printer(console))
+    print_plan(result, console)
+    return result.schedule

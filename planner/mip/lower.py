@@ -34,8 +34,8 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import cvxpy as cp
 import numpy as np
@@ -77,6 +77,7 @@ class LowerLevelResult:
     peak_memory: Mapping[str, float] = field(default_factory=dict)
     neighbourhoods: int = 0  # sub-MIPs solved by the neighbourhood search
     improvements: int = 0
+    restricted: bool = False  # True when only pairs near the warm start were left to decide
 
 
 @dataclass
@@ -219,6 +220,7 @@ def solve_schedule(
     lns_fraction: float = 0.6,
     lns_window: float = 8.0,
     lns_budget: float = 2.0,
+    max_binaries: int = 40_000,
 ) -> LowerLevelResult:
     """Solve the scheduling MIP on ``graph``'s placement. Never returns nothing:
     without a better MIP solution in time, the warm start comes back with its gap."""
@@ -250,6 +252,18 @@ def solve_schedule(
     latest = [horizon - p[t] - tail[t] for t in range(n)] if formulation == "tight" else [horizon - p[t] for t in range(n)]
 
     fixed, free = _pairs(graph, horizon, formulation, latest)
+    restricted = False
+    if len(free) > max_binaries and warm_start_times is not None:
+        # Too many orders to decide at once: keep the pairs whose warm-start times are
+        # closest free and fix the others as the warm start has them. The solver then
+        # searches a neighbourhood of the warm start, so its dual bound is not a bound
+        # for the whole problem: only the combinatorial bound is reported.
+        ranked = sorted(free, key=lambda pair: abs(warm_start_times[pair[0]] - warm_start_times[pair[1]]))
+        keep = ranked[:max_binaries]
+        for i, j in ranked[max_binaries:]:
+            fixed.append((i, j) if warm_start_times[i] <= warm_start_times[j] else (j, i))
+        free = keep
+        restricted = True
     k = len(free)
     rows = _Rows()
     # precedence: S_i - S_j <= -(p_i + lag)
@@ -454,9 +468,11 @@ def solve_schedule(
         dual = getattr(stats, "mip_dual_bound", None)
         pss = getattr(stats, "primal_solution_status", 2)
         primal_ok = primal_ok and pss == 2
+    if restricted:
+        dual = None
     if dual is not None and math.isfinite(dual) and objective == "makespan":
         bound = max(bound, float(dual))
-    elif status == "optimal" and objective == "makespan" and makespan.value is not None:
+    elif status == "optimal" and objective == "makespan" and makespan.value is not None and not restricted:
         bound = max(bound, float(makespan.value) * (1 - mip_gap))
 
     source = "mip"
@@ -495,6 +511,7 @@ def solve_schedule(
         peak_memory=peaks,
         neighbourhoods=lns_rounds,
         improvements=lns_improvements,
+        restricted=restricted,
     )
 
 

@@ -21,8 +21,8 @@ device: devices of one type are interchangeable, so this removes mirror solution
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import cvxpy as cp
 import numpy as np

@@ -115,8 +115,8 @@ def interleaved_1f1b(scenario: Scenario, **options: Any) -> Schedule:
 
     Per rank the bubble is ``(p - 1)(F + B + W)`` in per-stage (per-chunk) times, i.e.
     Megatron's ``(p - 1)(t_f + t_b) / v`` with ``t_f = vF``, ``t_b = v(B + W)`` the
-    rank's whole share. Holds exactly for equal stage times, free communication and
-    ``F <= B + W``.
+    rank's whole share. Exact for equal stage times and free communication (tested with
+    forwards shorter and longer than the full backward).
     """
     pipe, p, v = _interleaved_layout(scenario, dict(options))
     m = pipe.micro_batches

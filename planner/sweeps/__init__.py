@@ -9,28 +9,43 @@ Layout: :mod:`~planner.sweeps.spec` reads the sweep file and expands its points,
 :mod:`~planner.sweeps.store` is the resumable results log,
 :mod:`~planner.sweeps.runner` drives Dask and the progress bar, and
 :mod:`~planner.sweeps.table` turns rows into CSV / Parquet / a terminal summary.
+
+The names below are imported on first use, so a Dask worker that only needs
+:func:`run_point` does not pay for pandas, rich and Dask's client side.
 """
 
-from planner.sweeps.point import METRICS, STATUSES, PointJob, run_point
-from planner.sweeps.runner import SweepOutcome, run_sweep
-from planner.sweeps.spec import Point, PlotSpec, SweepSpec, load_sweep
-from planner.sweeps.store import ResultsLog
-from planner.sweeps.table import read_table, results_table, summary_table, write_tables
+from __future__ import annotations
 
-__all__ = [
-    "METRICS",
-    "STATUSES",
-    "Point",
-    "PlotSpec",
-    "PointJob",
-    "ResultsLog",
-    "SweepOutcome",
-    "SweepSpec",
-    "load_sweep",
-    "read_table",
-    "results_table",
-    "run_point",
-    "run_sweep",
-    "summary_table",
-    "write_tables",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "METRICS": "point",
+    "STATUSES": "point",
+    "PointJob": "point",
+    "run_point": "point",
+    "SweepOutcome": "runner",
+    "run_sweep": "runner",
+    "Point": "spec",
+    "PlotSpec": "spec",
+    "SweepSpec": "spec",
+    "load_sweep": "spec",
+    "ResultsLog": "store",
+    "read_table": "table",
+    "results_table": "table",
+    "summary_table": "table",
+    "write_tables": "table",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'planner.sweeps' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"planner.sweeps.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

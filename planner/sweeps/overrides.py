@@ -24,10 +24,10 @@ def check_field(path: Any, *, file: str | None = None, where: str = "grid") -> s
 
     >>> check_field("cluster.profile")
     'cluster.profile'
-    >>> check_field("clutser.nodes")
+    >>> check_field("clutser.nodes")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    simulator.errors.InputError: grid.clutser.nodes: unknown scenario field 'clutser' (one of: name, description, model, cluster, workload, objective, pipeline, schedule)
+    simulator.errors.InputError: grid.clutser.nodes: unknown scenario field 'clutser' (one of: name, ..., schedule)
     """
     if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
         raise InputError(f"expected a dotted field path like cluster.profile, got {path!r}", file=file, field=where)

@@ -106,8 +106,7 @@ def _planned(scenario: Scenario, time_limit_s: float | None) -> Schedule:
         from planner.bilevel import plan
     except ImportError:
         raise InputError("the MIP planner (planner.bilevel) is not available in this installation", field="schedule") from None
-    result = plan(scenario, time_limit_s=time_limit_s if time_limit_s is not None else scenario.objective.time_limit_s)
-    return result.schedule
+    return plan(scenario, time_limit=time_limit_s).schedule  # None: the scenario's objective.time_limit_s
 
 
 def builtin_schedule(name: str, scenario: Scenario) -> Schedule:

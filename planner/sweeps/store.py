@@ -79,7 +79,8 @@ class ResultsLog:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise InputError("another sweep is writing to this results log; wait for it or use another --out", file=str(self.path)) from None
+            message = "another sweep is writing to this results log; wait for it or use another --out"
+            raise InputError(message, file=str(self.path)) from None
 
     @staticmethod
     def _end_line(handle: IO[str]) -> None:

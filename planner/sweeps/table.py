@@ -92,7 +92,8 @@ def summary_table(table: pd.DataFrame, fields: tuple[str, ...], *, title: str = 
     for column in fields:
         out.add_column(column, no_wrap=True, min_width=len(column))
     for header in ("status", "makespan ms", "bubble %", "util %", "peak GB"):
-        out.add_column(header, justify="left" if header == "status" else "right", no_wrap=True, min_width=14 if header == "status" else len(header))
+        status = header == "status"
+        out.add_column(header, justify="left" if status else "right", no_wrap=True, min_width=14 if status else len(header))
     out.add_column("note", no_wrap=True, overflow="ellipsis")
     for record in table.head(limit).to_dict("records"):
         note = str(record.get("error") or "")

@@ -17,9 +17,9 @@ Example (``scenarios/deepseek-moe-h800.yaml``)::
 256 routed + 1 shared experts of width 2048, top-8, MLA attention, vocabulary 129280;
 671e9 parameters, 37e9 activated per token) for counting; its graph has ~15k operators.
 
-Fields: ``layers``, ``dense_layers``, ``hidden``, ``heads``, ``kv_heads``, ``ffn`` (dense
-MLP width; ``kv_heads`` defaults to ``heads``), ``experts``, ``shared_experts``, ``top_k``, ``expert_ffn``, ``vocab``,
-``mla: {q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_dim}`` (multi-head latent
+Fields: ``layers``, ``dense_layers``, ``hidden``, ``heads``, ``kv_heads`` (default
+``heads``), ``ffn`` (dense MLP width), ``experts``, ``shared_experts``, ``top_k``,
+``expert_ffn``, ``vocab``, ``mla: {q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_dim}`` (multi-head latent
 attention; ``mla: null`` for ordinary attention; ``q_lora_rank: 0`` = no query
 compression), plus the common ``seq_len``, ``micro_batch_size``, ``precision``,
 ``recompute``, ``flash_attention``, ``name``, ``measured`` (see

@@ -54,6 +54,8 @@ __all__ = [
     "read_settings",
     "apply_measured",
     "GraphBuilder",
+    "SETTING_KEYS",
+    "check_heads",
 ]
 
 #: Published shapes. LLaMA 2 (Touvron et al. 2023, Table 1 and the released

@@ -1,0 +1,106 @@
+"""How the scheduling MIP scales: solve time, gap and bubble against the number of tasks.
+
+Run:  python benchmarks/mip_scaling.py [--time-limit 60] [--quick]
+
+Instances: pipelines p x m with F = B = W = 1 ms on the chain placement (one stage per
+device, memory limited to 1F1B's p activations) and on DualPipe's bidirectional
+placement (memory limited to DualPipe's peak), and random layered DAGs of 100 to 2000
+operators on 4 devices (training, 1 micro-batch; placement by the contiguous chain
+partition). Each instance is solved with both formulations of the lower level:
+``tight`` (window big-M, symmetry breaking, tail cuts, neighbourhood search; the
+default) and ``global-m`` (one horizon big-M, none of those). Every number in the table
+is measured in this run; the ratio column compares the two formulations' makespans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from planner.heuristics import best_list_schedule  # noqa: E402
+from planner.mip.lower import FORMULATIONS, solve_schedule  # noqa: E402
+from planner.placements import by_operator, contiguous_partitions, pipeline_placements  # noqa: E402
+from planner.schedules.examples import example_scenario  # noqa: E402
+from planner.taskgraph import TaskGraph  # noqa: E402
+from simulator.cluster import Cluster, Device  # noqa: E402
+from simulator.graph import Edge, Operator, OperatorGraph  # noqa: E402
+from simulator.problem import Problem, Workload  # noqa: E402
+
+
+def pipeline_instances(quick: bool):
+    sizes = [(4, 8), (8, 20)] if quick else [(4, 8), (8, 20), (16, 32)]
+    for p, m in sizes:
+        scenario = example_scenario(stages=p, micro_batches=m, w_retained_gb=0.5, static_gb=0.0)
+        placements = pipeline_placements(scenario.problem)
+        yield f"pipeline {p}x{m} chain", TaskGraph(scenario.problem, placements["chain"]), {f"gpu{i}": p * 1e9 for i in range(p)}
+        if "bidirectional" in placements:
+            yield (
+                f"pipeline {p}x{m} bidirectional",
+                TaskGraph(scenario.problem, placements["bidirectional"]),
+                {f"gpu{i}": (p + 1) * 1e9 for i in range(p)},
+            )
+
+
+def random_dag(ops: int, seed: int = 0) -> Problem:
+    """A layered DAG: ~8 operators per layer, each with 1-3 inputs from the previous layer."""
+    rng = random.Random(seed)
+    width = 8
+    layers = [list(range(i, min(i + width, ops))) for i in range(0, ops, width)]
+    operators = [
+        Operator(f"op{i}", measured={"*": {"F": rng.uniform(0.5, 2.0) * 1e-3, "B": rng.uniform(0.5, 2.0) * 1e-3,
+                                           "W": rng.uniform(0.2, 1.0) * 1e-3}}, activation_bytes=1e8)
+        for i in range(ops)
+    ]
+    edges = []
+    for prev, layer in zip(layers, layers[1:]):
+        for j in layer:
+            for i in rng.sample(prev, k=min(len(prev), rng.randint(1, 3))):
+                edges.append(Edge(f"op{i}", f"op{j}", 1e6))
+    gpus = tuple(Device(f"gpu{i}", "t", 80e9, 1e15) for i in range(4))
+    return Problem(OperatorGraph(f"dag{ops}", tuple(operators), tuple(edges)), Cluster("4", gpus, ideal_interconnect=True),
+                   Workload(1))
+
+
+def dag_instances(quick: bool):
+    for ops in ([100, 500] if quick else [100, 500, 2000]):
+        problem = random_dag(ops)
+        yield f"DAG {ops} ops", TaskGraph(problem, by_operator(problem, contiguous_partitions(problem, 4))), None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--quick", action="store_true", help="smaller instances only")
+    args = parser.parse_args()
+    header = f"{'instance':34} {'form.':9} {'tasks':>6} {'binaries':>9} {'warm':>9} {'makespan':>9} {'bound':>9} {'gap %':>6} "
+    header += f"{'bubble %':>8} {'seconds':>8} {'vs tight':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, graph, limits in [*pipeline_instances(args.quick), *dag_instances(args.quick)]:
+        warm = best_list_schedule(graph, memory_limit=limits, seeds=0)
+        spans = {}
+        for formulation in FORMULATIONS:
+            began = time.monotonic()
+            result = solve_schedule(graph, warm_order=warm.order if warm else None, memory_limit=limits,
+                                    time_limit=args.time_limit, formulation=formulation)
+            seconds = time.monotonic() - began
+            spans[formulation] = result.makespan
+            busy = {d: 0.0 for d in graph.devices}
+            for i, (device, _) in enumerate(graph.stream_of):
+                busy[device] += graph.duration[i]
+            bubble = max(result.makespan - b for b in busy.values()) / result.makespan
+            ratio = result.makespan / spans["tight"]
+            unit = 1e3 if result.makespan < 1 else 1.0
+            print(f"{name:34} {formulation:9} {len(graph.tasks):6d} {result.binaries:9d} "
+                  f"{(warm.makespan if warm else float('nan')) * unit:9.4g} {result.makespan * unit:9.4g} "
+                  f"{result.lower_bound * unit:9.4g} {100 * result.gap:6.2f} {100 * bubble:8.2f} {seconds:8.1f} {ratio:8.3f}"
+                  + ("  (restricted)" if result.restricted else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
