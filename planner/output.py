@@ -28,6 +28,7 @@ def write_output(path: str | Path, text: str, *, inputs: Iterable[str | Path] = 
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

@@ -98,9 +98,9 @@ def gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector inside the block (re-entrant).
 
     A replay allocates millions of objects (events, keys, records) that all stay
-    referenced until it ends; the collector rescanning them meanwhile costs about a
-    third of a large replay and reclaims nothing. Reference counting still frees
-    everything as usual.
+    referenced until it ends; the collector rescanning them meanwhile cost 15-35% of a
+    100k-task replay in ``benchmarks/sim_throughput.py`` and reclaims nothing.
+    Reference counting still frees everything as usual.
 
     >>> import gc
     >>> with gc_paused():
@@ -143,8 +143,9 @@ class _Move:
     It does what a SimPy process per transfer would do (start with an urgent event,
     request the route's links one at a time in name order, hold them for
     ``latency + bytes / bandwidth``, release them and deliver), with the same events in
-    the same order, but without a generator and a process object per transfer: replays
-    move one tensor per edge and micro-batch, so this is the engine's hottest path.
+    the same order (less the process's own end event, which nothing waits for), but
+    without a generator and a process object per transfer: a replay moves one tensor
+    per cross-device edge and micro-batch, so this path runs tens of thousands of times.
     """
 
     __slots__ = ("replay", "key", "src", "dst", "size", "route", "resources", "requests", "start")
@@ -315,17 +316,19 @@ class _Replay:
             if (p, mb, k) not in inside
         ]
 
-    def _durations(self, device: str) -> dict[tuple[str, str], float]:
+    def _costs(self, device: str) -> dict[tuple[str, str], tuple[float, float, float]]:
+        """``(op, kind) -> (seconds on device, bytes allocated at start, bytes freed at end)``."""
         problem = self.problem
         device_obj = problem.cluster.by_name[device]
-        return {(op, kind): problem.duration(Task(op, 0, kind), device_obj) for op, kind in self.deps}
+        return {
+            (op, kind): (problem.duration(Task(op, 0, kind), device_obj), *self.task_memory[op, kind]) for op, kind in self.deps
+        }
 
     def _stream(self, state: _StreamState):
         env = self.env
         problem = self.problem
         device = state.device
-        durations = self._durations(device)
-        task_memory = self.task_memory
+        costs = self._costs(device)
         preds = self.preds
         arrival, waiting = self.arrival, self.waiting
         executed = self.executed
@@ -359,19 +362,18 @@ class _Replay:
                     )
             start = env.now
             if len(tasks) == 1:
-                duration = durations[op, kind]
-                alloc, freed = task_memory[op, kind]
+                duration, alloc, freed = costs[op, kind]
                 if alloc > 0:
                     allocate(device, alloc)
             else:
-                times = [durations[t[0], t[2]] for t in tasks]
+                parts = [costs[t_op, t_kind] for t_op, _, t_kind in tasks]
+                times = [part[0] for part in parts]
                 if entry.overlap:
                     duration = problem.fused_duration(times[0], sum(times[1:]))
                 else:
                     duration = sum(times)
                 freed = 0.0
-                for t_op, _, t_kind in tasks:
-                    alloc, t_free = task_memory[t_op, t_kind]
+                for _, alloc, t_free in parts:
                     allocate(device, alloc)
                     freed += t_free
             if duration > 0:

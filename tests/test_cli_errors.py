@@ -145,7 +145,8 @@ class TestRejectedSchedules:
         return {**SCHEDULE, "devices": {**SCHEDULE["devices"], **devices}}
 
     def test_unknown_device(self, files, capsys):
-        scenario, schedule = files(schedule={**SCHEDULE, "devices": {"gpu0": SCHEDULE["devices"]["gpu0"], "gpu5": SCHEDULE["devices"]["gpu1"]}})
+        devices = {"gpu0": SCHEDULE["devices"]["gpu0"], "gpu5": SCHEDULE["devices"]["gpu1"]}
+        scenario, schedule = files(schedule={**SCHEDULE, "devices": devices})
         assert run(capsys, "validate", scenario, "--schedule", schedule) == (
             1,
             [
@@ -222,7 +223,8 @@ def test_a_real_process_prints_no_traceback(files, scenario, schedule, code, fir
     scenario_path, schedule_path = files(scenario, schedule)
     done = subprocess.run(
         # What the ``opplan`` console script runs.
-        [sys.executable, "-c", "import sys; from planner.cli import main; sys.exit(main())", "validate", str(scenario_path), "--schedule", str(schedule_path)],
+        [sys.executable, "-c", "import sys; from planner.cli import main; sys.exit(main())"]
+        + ["validate", str(scenario_path), "--schedule", str(schedule_path)],
         capture_output=True,
         text=True,
         timeout=60,

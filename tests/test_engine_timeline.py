@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from simulator.cluster import Cluster, Device
 from simulator.engine import replay, simulate
-from simulator.graph import chain_graph
+from simulator.graph import Operator, OperatorGraph, chain_graph
 from simulator.metrics import build_report
 from simulator.problem import Problem, Task, Workload
 from simulator.schedule import Entry, Schedule
@@ -152,11 +153,8 @@ class TestStreamsAndModes:
         timeline = simulate(problem, Schedule.from_lists({"gpu0": [Task("a", 0, "F")], "gpu1": []}))
         assert [(d.device, d.busy, d.bubble) for d in build_report(timeline).devices] == [("gpu0", 4, 0), ("gpu1", 0, 4)]
 
-    def test_flop_based_durations_use_achieved_flops(self, make_cluster):
+    def test_flop_based_durations_use_achieved_flops(self):
         """Without a measured time, a pass takes FLOPs / (peak x efficiency)."""
-        from simulator.cluster import Cluster, Device
-        from simulator.graph import Operator, OperatorGraph
-
         graph = OperatorGraph("g", (Operator("a", flops={"F": 6e12}),))
         cluster = Cluster("c", (Device("gpu0", "t", 1e12, peak_flops=2e12, efficiency=0.5),))
         problem = Problem(graph, cluster, Workload(1, "inference"))

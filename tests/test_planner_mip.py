@@ -159,3 +159,10 @@ def test_static_memory_over_the_limit_is_reported_per_device():
     graph = TaskGraph(scenario.problem, by_operator(scenario.problem, {"s0": "gpu0", "s1": "gpu0"}))
     with pytest.raises(InfeasibleError, match=r"gpu0: static memory 6 GB .* by 1 GB"):
         solve_schedule(graph, memory_limit={"gpu0": 5e9}, time_limit=5)
+
+
+def test_the_cli_offers_exactly_the_formulations_the_mip_has():
+    from planner.commands.plan import FORMULATIONS as offered
+    from planner.mip.lower import FORMULATIONS
+
+    assert offered == FORMULATIONS

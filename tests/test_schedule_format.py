@@ -85,6 +85,9 @@ def test_entries_reject_empty_groups_and_lonely_overlaps(tasks, overlap, message
         Entry(tasks, overlap=overlap)
 
 
+NON_NEGATIVE_START = "start must be a non-negative number of seconds"
+
+
 @pytest.mark.parametrize(
     ("doc", "field", "message"),
     [
@@ -102,8 +105,8 @@ def test_entries_reject_empty_groups_and_lonely_overlaps(tasks, overlap, message
             "devices.gpu0[0].fused[1]",
             "expected a task 'KIND:op:mb' or {op, mb, kind}, got 7",
         ),
-        ({"devices": {"gpu0": [{"task": "F:s0:0", "start": -1}]}}, "devices.gpu0[0].start", "start must be a non-negative number of seconds, got -1"),
-        ({"devices": {"gpu0": [{"task": "F:s0:0", "start": True}]}}, "devices.gpu0[0].start", "start must be a non-negative number of seconds, got True"),
+        ({"devices": {"gpu0": [{"task": "F:s0:0", "start": -1}]}}, "devices.gpu0[0].start", f"{NON_NEGATIVE_START}, got -1"),
+        ({"devices": {"gpu0": [{"task": "F:s0:0", "start": True}]}}, "devices.gpu0[0].start", f"{NON_NEGATIVE_START}, got True"),
         ({"devices": {"gpu0": []}, "meta": ["x"]}, "meta", "expected a mapping"),
     ],
 )

@@ -50,9 +50,7 @@ class TestTransferTime:
 
     def test_the_gradient_travels_back_with_the_same_size(self, make_problem, op):
         problem = make_problem([op("a"), op("b")], [("a", "b", 2 * GB)], bandwidth=2 * GB, latency=0.0)
-        schedule = Schedule.from_lists(
-            {"gpu0": [Task("a", 0, "F"), Task("a", 0, "B"), Task("a", 0, "W")], "gpu1": [Task("b", 0, "F"), Task("b", 0, "B"), Task("b", 0, "W")]}
-        )
+        schedule = Schedule.from_lists({device: [Task(name, 0, kind) for kind in "FBW"] for device, name in (("gpu0", "a"), ("gpu1", "b"))})
         timeline = simulate(problem, schedule)
         assert transfers(timeline) == [
             ("F:a:0", "F:b:0", 1.0, 2.0, ("gpu0->gpu1",)),

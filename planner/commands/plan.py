@@ -15,10 +15,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from planner.bilevel import PlanResult, plan
 from planner.cli import cli
 from planner.commands.common import scenario_argument, write_reports
-from planner.mip.lower import FORMULATIONS, Progress
 from planner.output import write_output
 from simulator.errors import InputError
 from simulator.metrics import build_report
@@ -41,11 +39,15 @@ def memory_like(scenario: Scenario, name: str) -> float:
     return max(level for samples in timeline.memory.values() for _, level in samples)
 
 
+#: The lower level's formulations (kept literal so ``opplan --help`` does not load CVXPY).
+FORMULATIONS = ("tight", "global-m")
+
+
 def progress_printer(console: Console, unit: float = 1e3) -> callable:
     """A callback printing at most one progress line every two seconds."""
     last = [0.0]
 
-    def show(p: Progress) -> None:
+    def show(p) -> None:
         now = time.monotonic()
         if now - last[0] < 2.0:
             return
@@ -58,7 +60,7 @@ def progress_printer(console: Console, unit: float = 1e3) -> callable:
     return show
 
 
-def print_plan(result: PlanResult, console: Console) -> None:
+def print_plan(result, console: Console) -> None:
     table = Table(title="upper level: candidate placements (best order found for each)")
     for header in ("placement", "makespan ms", "order from"):
         table.add_column(header)
@@ -105,6 +107,8 @@ def plan_command(
     json_path: Path | None,
 ) -> None:
     """Plan SCENARIO with the bi-level MIP; print the certificate and the simulated report."""
+    from planner.bilevel import plan
+
     loaded = load_scenario(scenario)
     if memory_limit_gb is not None and memory_like is not None:
         raise InputError("give --memory-limit or --memory-like, not both", field="--memory-like")

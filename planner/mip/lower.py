@@ -33,7 +33,6 @@ import os
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +40,7 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
+from planner.mip.highs import run_highs
 from planner.taskgraph import TaskGraph
 from simulator.errors import InfeasibleError
 
@@ -386,7 +386,7 @@ def solve_schedule(
         values = order_values(task_order)
         lo.value, hi.value = values, values
         eps.value = 0.0
-        _run(problem, time_limit=max(1.0, time_limit / 4), **options)
+        run_highs(problem, time_limit=max(1.0, time_limit / 4), **options)
 
     original_upper = upper
     if warm_order is not None and order is not None:
@@ -410,7 +410,7 @@ def solve_schedule(
                 hi.value = np.where(mask, 1.0, values)
                 eps.value = 1e-4 / max(n, 1) / max(best_span, 1e-12)
                 budget = min(lns_budget, max(0.5, deadline - time.monotonic()))
-                _run(problem, time_limit=budget, **options)
+                run_highs(problem, time_limit=budget, **options)
                 lns_rounds += 1
                 if start.value is None or problem.status not in ("optimal", "optimal_inaccurate", "user_limit"):
                     continue
@@ -447,7 +447,7 @@ def solve_schedule(
         reader.start()
     try:
         if upper > lower + 1e-9 or warm_order is None:
-            _run(problem, time_limit=remaining, warm_start=True, **options)
+            run_highs(problem, time_limit=remaining, warm_start=True, **options)
         status = problem.status
     finally:
         stop.set()
@@ -527,14 +527,6 @@ def _peaks(graph: TaskGraph, order: Mapping[tuple[str, str], Sequence[int]], del
             level -= delta[t][1]
         peaks[device] = max(peaks.get(device, 0.0), best)
     return peaks
-
-
-def _run(problem: cp.Problem, **options) -> None:
-    """Solve with HiGHS. A time limit is an expected outcome here (the caller checks the
-    status and the primal solution), so CVXPY's "may be inaccurate" warning is muted."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Solution may be inaccurate")
-        problem.solve(solver=cp.HIGHS, **options)
 
 
 def _within_memory(graph: TaskGraph, order, delta, limits: Mapping[str, float]) -> bool:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
+from planner.mip.highs import run_highs
 from simulator.coarsen import Coarsening
 from simulator.problem import Problem, Task
 
@@ -95,7 +96,7 @@ def solve_placement(
     communication = 2 * m * (edge_time @ z) / n_d if z is not None else 0
     problem_mip = cp.Problem(cp.Minimize(load + comm_weight * communication), constraints)
     try:
-        problem_mip.solve(solver=cp.HIGHS, time_limit=time_limit, mip_rel_gap=1e-3)
+        run_highs(problem_mip, time_limit=time_limit, mip_rel_gap=1e-3)
     except cp.error.SolverError:
         return None
     if x.value is None or problem_mip.status not in ("optimal", "optimal_inaccurate", "user_limit"):

@@ -38,6 +38,7 @@ def write_atomically(path: str | Path, data: bytes | str, *, inputs: Iterable[st
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs get the permissions of an ordinary new file
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

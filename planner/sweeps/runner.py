@@ -95,13 +95,14 @@ def _progress(console: Console | None, total: int, done: int, label: str) -> Ite
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(label, total=total, completed=done, note=f"({done} from earlier runs)" if done else "")
+        earlier = [f"{done} from earlier runs"] if done else []
+        task = progress.add_task(label, total=total, completed=done, note=", ".join(earlier))
         failed = 0
 
         def advance(row: dict[str, Any]) -> None:
             nonlocal failed
             failed += row.get("status") == "error"
-            progress.update(task, advance=1, note=f"{failed} failed" if failed else "")
+            progress.update(task, advance=1, note=", ".join([*earlier, f"{failed} failed"] if failed else earlier))
 
         yield advance
 
@@ -114,7 +115,6 @@ def run_sweep(
     scheduler: str | None = None,
     retry_errors: bool = False,
     console: Console | None = None,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> SweepOutcome:
     """Run every point of ``spec`` not already in ``folder``'s results log, then write the tables and plots.
 
@@ -136,8 +136,6 @@ def run_sweep(
                 append(row)
                 computed += 1
                 advance(row)
-                if on_row is not None:
-                    on_row(row)
     table = results_table(spec, log.read())
     inputs = (spec.file, spec.base_file)
     files = list(write_tables(table, folder, inputs=inputs))
