@@ -65,4 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run as ``python -m planner.cli`` this file is ``__main__``; the commands register
+    # on the importable ``planner.cli``, so call that module's entry point.
+    from planner.cli import main as _main
+
+    sys.exit(_main())

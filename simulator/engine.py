@@ -29,7 +29,7 @@ from simulator.cluster import Route
 from simulator.errors import ScheduleRejected
 from simulator.problem import Problem, Task
 from simulator.schedule import Entry, Schedule
-from simulator.validation import static_violations, stream_of
+from simulator.validation import static_violations
 
 __all__ = ["Executed", "Transfer", "Timeline", "gc_paused", "replay", "simulate"]
 
@@ -391,16 +391,16 @@ class _Replay:
             return self._run()
 
     def _run(self) -> Timeline:
+        stream_of_op = {name: op.stream for name, op in self.problem.graph.by_name.items()}
+        owner = self.owner
         for device, entries in self.schedule.devices.items():
             by_stream: dict[str, list[Entry]] = {}
             for entry in entries:
-                by_stream.setdefault(stream_of(self.problem, entry.task), []).append(entry)
+                by_stream.setdefault(stream_of_op[entry.tasks[0].op], []).append(entry)
             for stream, stream_entries in sorted(by_stream.items()):
                 state = _StreamState(device, stream, stream_entries)
                 self.states.append(state)
-                for entry in stream_entries:
-                    for task in entry.tasks:
-                        self.owner[task] = state
+                owner.update((task, state) for entry in stream_entries for task in entry.tasks)
                 self.env.process(self._stream(state))
         self.env.run()
         completed = all(state.done for state in self.states)

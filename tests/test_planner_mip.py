@@ -166,3 +166,12 @@ def test_the_cli_offers_exactly_the_formulations_the_mip_has():
     from planner.mip.lower import FORMULATIONS
 
     assert offered == FORMULATIONS
+
+
+def test_memory_objective_never_raises_the_peak():
+    scenario = example_scenario(stages=3, micro_batches=4, w_retained_gb=0.5, static_gb=0.0)
+    graph = TaskGraph(scenario.problem, by_operator(scenario.problem, {f"s{i}": f"gpu{i}" for i in range(3)}))
+    warm = best_list_schedule(graph)
+    fast = solve_schedule(graph, warm_order=warm.order, time_limit=10)
+    lean = solve_schedule(graph, warm_order=warm.order, time_limit=20, objective="memory", memory_weight=50.0)
+    assert max(lean.peak_memory.values()) <= max(fast.peak_memory.values()) + 1e-9

@@ -248,7 +248,10 @@ def solve_schedule(
     if warm_order is not None:
         warm_start_times = graph.left_shift(warm_order)
         upper = graph.makespan(warm_start_times)
-    horizon = upper if math.isfinite(upper) else sum(p) + sum(a.lag for a in graph.arcs)
+    # A weighted objective may lengthen the schedule to save memory: then the warm start's
+    # makespan is no bound on the answer and cannot shape the windows.
+    window_upper = upper if objective == "makespan" else math.inf
+    horizon = window_upper if math.isfinite(window_upper) else sum(p) + sum(a.lag for a in graph.arcs)
     latest = [horizon - p[t] - tail[t] for t in range(n)] if formulation == "tight" else [horizon - p[t] for t in range(n)]
 
     fixed, free = _pairs(graph, horizon, formulation, latest)
@@ -349,9 +352,9 @@ def solve_schedule(
         constraints.append(peak <= np.asarray([limits[d] for d in graph.devices]))
     else:
         constraints.append(expr <= rhs)
-    if formulation == "tight" and math.isfinite(upper):
-        constraints.append(start <= np.asarray([upper - p[t] - tail[t] for t in range(n)]))
-        constraints.append(makespan <= upper)
+    if formulation == "tight" and math.isfinite(window_upper):
+        constraints.append(start <= np.asarray([window_upper - p[t] - tail[t] for t in range(n)]))
+        constraints.append(makespan <= window_upper)
     if objective == "memory" and peak is not None:
         scale_time = max(upper if math.isfinite(upper) else lower, 1e-12)
         scale_memory = max(max(limits.values()), 1e-12)
@@ -389,7 +392,7 @@ def solve_schedule(
         run_highs(problem, time_limit=max(1.0, time_limit / 4), **options)
 
     original_upper = upper
-    if warm_order is not None and order is not None:
+    if warm_order is not None and order is not None and objective == "makespan":
         best_order = {key: list(v) for key, v in warm_order.items()}
         best_starts = list(warm_start_times or [])
         best_span, best_sum = upper, sum(best_starts)
@@ -431,6 +434,8 @@ def solve_schedule(
                 width *= 1.5
         warm_order, warm_start_times, upper = best_order, best_starts, best_span
         fixed_solve(warm_order)
+    if warm_order is not None and order is not None and objective != "makespan":
+        fixed_solve(warm_order)  # seed HiGHS with the warm start for the weighted objective too
     if order is not None:
         lo.value = np.zeros(k)
         hi.value = np.ones(k)
@@ -446,7 +451,7 @@ def solve_schedule(
         reader = threading.Thread(target=_progress_reader, args=(log_path, progress, stop, began), daemon=True)
         reader.start()
     try:
-        if upper > lower + 1e-9 or warm_order is None:
+        if upper > lower + 1e-9 or warm_order is None or objective != "makespan":
             run_highs(problem, time_limit=remaining, warm_start=True, **options)
         status = problem.status
     finally:
@@ -482,7 +487,9 @@ def solve_schedule(
         span = graph.makespan(starts)
     else:
         found_order, starts, span = {}, [], math.inf
-    if warm_order is not None and (not primal_ok or span > upper + 1e-9):
+    # A weighted objective may trade time for memory: its optimum can be longer than the warm start.
+    worse = span > upper + 1e-9 and objective == "makespan"
+    if warm_order is not None and (not primal_ok or worse):
         found_order = {key: list(v) for key, v in warm_order.items()}
         starts = warm_start_times or []
         span = upper
