@@ -242,19 +242,7 @@ class TaskGraph:
 
     def memory_delta(self) -> tuple[tuple[float, float], ...]:
         """(bytes allocated at start, bytes freed at end) of each task, as the simulator counts them."""
-        by_name = self.problem.graph.by_name
-        training = self.problem.workload.mode == "training"
-        out = []
-        for t in self.tasks:
-            op = by_name[t.op]
-            work = op.workspace_bytes
-            if t.kind == "F":
-                out.append((op.activation_bytes + work, work if training else op.activation_bytes + work))
-            elif t.kind == "B":
-                out.append((work, work + op.activation_bytes - op.w_retained_bytes))
-            else:
-                out.append((work, work + op.w_retained_bytes))
-        return tuple(out)
+        return tuple(self.problem.task_memory(t.op, t.kind) for t in self.tasks)
 
     @cached_property
     def static_memory(self) -> Mapping[str, float]:

@@ -217,7 +217,7 @@ class _Replay:
         self.preds = {key: tuple((p, k) for p, k, _ in deps) for key, deps in self.deps.items()}
         #: ``(src, dst) -> (route, link resources)`` or None when nothing travels; see :meth:`_path`.
         self.paths: dict[tuple[str, str], tuple[Route, tuple[simpy.Resource, ...]] | None] = {}
-        self.task_memory = {key: self._task_memory(*key) for key in self.deps}
+        self.task_memory = {key: problem.task_memory(*key) for key in self.deps}
         # Memory: static (weights, gradients, optimizer state of every operator the device runs).
         ops_on: dict[str, set[str]] = {d: set() for d in schedule.devices}
         for task, device in self.placement.items():
@@ -250,18 +250,6 @@ class _Replay:
         container = self.memory[device]
         container._level -= amount
         self.samples[device].append((self.env.now, container._level))
-
-    def _task_memory(self, op_name: str, kind: str) -> tuple[float, float]:
-        """Bytes allocated at the start and freed at the end of a task of ``op_name``."""
-        op = self.problem.graph.by_name[op_name]
-        work = op.workspace_bytes
-        if kind == "F":
-            if self.problem.workload.mode == "inference":
-                return op.activation_bytes + work, op.activation_bytes + work
-            return op.activation_bytes + work, work
-        if kind == "B":
-            return work, work + op.activation_bytes - op.w_retained_bytes
-        return work, work + op.w_retained_bytes
 
     # -- data movement ---------------------------------------------------------------------
     def _arrive(self, key: _Key) -> None:

@@ -172,6 +172,23 @@ class Problem:
     def _duration_cache(self) -> dict:
         return {}
 
+    def task_memory(self, op_name: str, kind: str) -> tuple[float, float]:
+        """Bytes a task allocates when it starts and frees when it ends.
+
+        F allocates its activations (plus workspace); B frees them except what W still
+        needs (``w_retained_bytes``), which W frees. In inference the activations live
+        only while F runs. The simulator and the planner both count memory with this.
+        """
+        op = self.graph.by_name[op_name]
+        work = op.workspace_bytes
+        if kind == "F":
+            if self.workload.mode == "inference":
+                return op.activation_bytes + work, op.activation_bytes + work
+            return op.activation_bytes + work, work
+        if kind == "B":
+            return work, work + op.activation_bytes - op.w_retained_bytes
+        return work, work + op.w_retained_bytes
+
     def fused_duration(self, first: float, second: float) -> float:
         """Time of two tasks run overlapped on one device (DualPipe's F&B)."""
         return max(first, second) + (1.0 - self.workload.fb_overlap) * min(first, second)
