@@ -17,7 +17,14 @@ from simulator.errors import InputError
 __all__ = ["write_output"]
 
 
-def write_output(path: str | Path, text: str, *, inputs: Iterable[str | Path] = (), option: str = "output") -> Path:
+def write_output(path: str | Path, text: str | bytes, *, inputs: Iterable[str | Path] = (), option: str = "output") -> Path:
+    """Write ``text`` (or bytes: Parquet tables, pictures) to ``path`` whole or not at all.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> write_output(folder / "a.bin", b"\\x89PNG").read_bytes()
+    b'\\x89PNG'
+    """
     target = Path(path)
     for source in inputs:
         if source and target.exists() and Path(source).exists() and target.resolve() == Path(source).resolve():
@@ -26,7 +33,7 @@ def write_output(path: str | Path, text: str, *, inputs: Iterable[str | Path] = 
         raise InputError(f"folder {target.parent} does not exist", file=str(target), field=option)
     fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             handle.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, target)

@@ -26,7 +26,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from planner.sweeps.files import write_atomically
+from planner.output import write_output
 from planner.sweeps.table import TABLE_COLUMNS
 from simulator.engine import Executed, Timeline
 from simulator.errors import InputError
@@ -288,4 +288,4 @@ def save_figure(figure: Figure, path: str | Path, *, inputs: Iterable[str | Path
     buffer = io.BytesIO()
     metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
     figure.savefig(buffer, format=fmt, dpi=150, metadata=metadata)
-    return write_atomically(path, buffer.getvalue(), inputs=inputs, option=option)
+    return write_output(path, buffer.getvalue(), inputs=inputs, option=option)

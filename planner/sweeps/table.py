@@ -19,7 +19,6 @@ import pandas as pd
 from rich.table import Table
 
 from planner.output import write_output
-from planner.sweeps.files import write_atomically
 from planner.sweeps.point import METRICS
 from planner.sweeps.spec import SweepSpec
 from simulator.errors import InputError
@@ -61,7 +60,7 @@ def write_tables(table: pd.DataFrame, folder: Path, *, inputs: tuple[Path, ...] 
     csv = write_output(folder / "results.csv", table.to_csv(index=False), inputs=inputs, option="--out")
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
-    parquet = write_atomically(folder / "results.parquet", buffer.getvalue(), inputs=inputs, option="--out")
+    parquet = write_output(folder / "results.parquet", buffer.getvalue(), inputs=inputs, option="--out")
     return csv, parquet
 
 
