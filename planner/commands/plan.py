@@ -89,7 +89,7 @@ def print_plan(result, console: Console) -> None:
 @click.option("--time-limit", type=click.FloatRange(min=1.0), default=None, help="seconds for the whole plan")
 @click.option("--memory-limit", "memory_limit_gb", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="per-device memory limit in GB (decimal, as datasheets)")
-@click.option("--memory-like", default=None, metavar="SCHEDULE",
+@click.option("--memory-like", "like_schedule", default=None, metavar="SCHEDULE",
               help="limit memory to the peak of this built-in schedule (e.g. dualpipe)")
 @click.option("--formulation", type=click.Choice(FORMULATIONS), default="tight", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the schedule")
@@ -100,7 +100,7 @@ def plan_command(
     objective: str | None,
     time_limit: float | None,
     memory_limit_gb: float | None,
-    memory_like: str | None,
+    like_schedule: str | None,
     formulation: str,
     output: Path | None,
     trace_path: Path | None,
@@ -110,13 +110,13 @@ def plan_command(
     from planner.bilevel import plan
 
     loaded = load_scenario(scenario)
-    if memory_limit_gb is not None and memory_like is not None:
+    if memory_limit_gb is not None and like_schedule is not None:
         raise InputError("give --memory-limit or --memory-like, not both", field="--memory-like")
     limit = memory_limit_gb * 1e9 if memory_limit_gb is not None else None
     console = Console(width=max(Console().width, 132))
-    if memory_like is not None:
-        limit = globals()["memory_like"](loaded, memory_like)
-        console.print(f"memory limit: {fmt_bytes(limit)} per device (the peak of {memory_like})", highlight=False)
+    if like_schedule is not None:
+        limit = memory_like(loaded, like_schedule)
+        console.print(f"memory limit: {fmt_bytes(limit)} per device (the peak of {like_schedule})", highlight=False)
     result = plan(
         loaded,
         time_limit=time_limit,

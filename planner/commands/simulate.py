@@ -18,6 +18,15 @@ _schedule_option = click.option(
 )
 
 
+def _replay_naming(scenario, schedule, used: Path):
+    """Replay; a rejection names the schedule file it came from."""
+    try:
+        return replay(scenario.problem, schedule)
+    except ScheduleRejected as exc:
+        exc.file = str(used)
+        raise
+
+
 @cli.command()
 @scenario_argument
 @_schedule_option
@@ -26,11 +35,7 @@ _schedule_option = click.option(
 def simulate(scenario: Path, schedule_path: Path | None, trace_path: Path | None, json_path: Path | None) -> None:
     """Replay a schedule on the scenario's cluster and print the report."""
     problem_scenario, schedule, used = load_inputs(scenario, schedule_path)
-    try:
-        timeline = replay(problem_scenario.problem, schedule)
-    except ScheduleRejected as exc:
-        exc.file = str(used)
-        raise
+    timeline = _replay_naming(problem_scenario, schedule, used)
     report = build_report(timeline)
     print_report(report, title=f"{problem_scenario.name}: schedule {schedule.name or used.name}")
     write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario, used])
@@ -44,11 +49,7 @@ def simulate(scenario: Path, schedule_path: Path | None, trace_path: Path | None
 def validate(scenario: Path, schedule_path: Path | None) -> None:
     """Check a schedule: every dependency, deadlock, missing task and memory limit."""
     problem_scenario, schedule, used = load_inputs(scenario, schedule_path)
-    try:
-        timeline = replay(problem_scenario.problem, schedule)
-    except ScheduleRejected as exc:
-        exc.file = str(used)
-        raise
+    timeline = _replay_naming(problem_scenario, schedule, used)
     if timeline.violations:
         raise ScheduleRejected(list(timeline.violations), file=str(used))
     report = build_report(timeline)

@@ -110,7 +110,7 @@ class _Rows:
         return len(self.rhs)
 
 
-def _pairs(graph: TaskGraph, upper: float, formulation: str, latest: list[float]):
+def _pairs(graph: TaskGraph, formulation: str, latest: list[float]):
     """Classify every same-stream pair: fixed (first, second) or free (binary)."""
     tasks = graph.tasks
     release, p = graph.release, graph.duration
@@ -145,9 +145,6 @@ def _pairs(graph: TaskGraph, upper: float, formulation: str, latest: list[float]
                     if latest[j] + p[j] <= release[i] + 1e-9:
                         fixed.append((j, i))
                         continue
-                    if latest[j] + p[j] > release[i] + 1e-9 and release[j] + p[j] > latest[i] + 1e-9:
-                        # j cannot come before i and still leave room for i: i must go first.
-                        pass
                 free.append((i, j))
     return fixed, free
 
@@ -254,7 +251,7 @@ def solve_schedule(
     horizon = window_upper if math.isfinite(window_upper) else sum(p) + sum(a.lag for a in graph.arcs)
     latest = [horizon - p[t] - tail[t] for t in range(n)] if formulation == "tight" else [horizon - p[t] for t in range(n)]
 
-    fixed, free = _pairs(graph, horizon, formulation, latest)
+    fixed, free = _pairs(graph, formulation, latest)
     restricted = False
     if len(free) > max_binaries and warm_start_times is not None:
         # Too many orders to decide at once: keep the pairs whose warm-start times are
