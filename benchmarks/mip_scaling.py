@@ -105,7 +105,7 @@ def main() -> None:
 def planner_end_to_end(time_limit: float) -> None:
     """The whole bi-level planner on DualPipe's setting, held to DualPipe's peak memory."""
     from planner.bilevel import plan
-    from planner.commands.plan import memory_like
+    from planner.memory import memory_like
     from planner.schedules import generate
     from simulator.engine import replay
     from simulator.metrics import build_report

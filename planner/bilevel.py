@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from planner.heuristics import best_list_schedule
+from planner.memory import memory_limits
 from planner.mip.lower import LowerLevelResult, Progress, solve_schedule
 from planner.mip.upper import solve_placement
 from planner.placements import by_operator, contiguous_partitions, is_chain, pipeline_placements
@@ -34,7 +35,7 @@ from simulator.problem import Task
 from simulator.scenario import Scenario
 from simulator.schedule import Schedule
 
-__all__ = ["Candidate", "PlanResult", "plan", "memory_limits"]
+__all__ = ["Candidate", "PlanResult", "plan"]
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,6 @@ class PlanResult:
     def makespan(self) -> float:
         """The simulator's makespan of the planned schedule."""
         return self.timeline.makespan
-
-
-def memory_limits(scenario: Scenario, override_bytes: float | None = None) -> dict[str, float]:
-    """Per-device limit: the device's memory, lowered by the scenario's or the caller's limit."""
-    limit = override_bytes if override_bytes is not None else scenario.objective.memory_limit_bytes
-    out = {}
-    for device in scenario.problem.cluster.devices:
-        out[device.name] = min(device.memory_bytes, limit) if limit is not None else device.memory_bytes
-    return out
 
 
 def _check_fits(scenario: Scenario, limits: Mapping[str, float]) -> None:

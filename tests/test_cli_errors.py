@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner.cli import main
+from opplan.cli import main
 
 #: A valid two-stage pipeline scenario, and a valid GPipe schedule for it.
 SCENARIO = {
@@ -223,7 +223,7 @@ def test_a_real_process_prints_no_traceback(files, scenario, schedule, code, fir
     scenario_path, schedule_path = files(scenario, schedule)
     done = subprocess.run(
         # What the ``opplan`` console script runs.
-        [sys.executable, "-c", "import sys; from planner.cli import main; sys.exit(main())"]
+        [sys.executable, "-c", "import sys; from opplan.cli import main; sys.exit(main())"]
         + ["validate", str(scenario_path), "--schedule", str(schedule_path)],
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.cli import main
+from opplan.cli import main
 from simulator.engine import simulate
 from simulator.metrics import build_report
 from simulator.scenario import load_scenario

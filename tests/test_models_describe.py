@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from planner.cli import main
-from planner.commands.describe import critical_path, operator_kind
+from opplan.cli import main
+from opplan.commands.describe import critical_path, operator_kind
 from simulator.problem import Task
 from simulator.scenario import load_scenario
 

@@ -134,7 +134,7 @@ def test_lower_bound_is_never_above_the_makespan_and_certifies_optimal_plans():
 
 def test_dualpipe_setting_half_the_bubble_at_the_same_memory():
     """The headline claim on DualPipe's own setting (8 ranks, 20 micro-batches, F = B = W)."""
-    from planner.commands.plan import memory_like
+    from planner.memory import memory_like
     from planner.schedules import generate
     from simulator.metrics import build_report
 
@@ -162,7 +162,7 @@ def test_static_memory_over_the_limit_is_reported_per_device():
 
 
 def test_the_cli_offers_exactly_the_formulations_the_mip_has():
-    from planner.commands.plan import FORMULATIONS as offered
+    from opplan.commands.plan import FORMULATIONS as offered
     from planner.mip.lower import FORMULATIONS
 
     assert offered == FORMULATIONS

@@ -11,13 +11,15 @@ import yaml
 from matplotlib.colors import to_rgba
 from matplotlib.image import imread
 
-from planner.cli import main
-from planner.plots import COLORS, category, entry_label, gantt_figure, memory_figure, save_figure, sweep_figure
+from opplan.cli import main
+from opplan.output import save_figure
+from opplan.sweeps import load_sweep, run_sweep
+from opplan.sweeps.chart import sweep_figure
 from planner.schedules import generate
 from planner.schedules.examples import example_scenario
-from planner.sweeps import load_sweep, run_sweep
 from simulator.engine import replay
 from simulator.errors import InputError
+from simulator.pictures import COLORS, category, entry_label, gantt_figure, memory_figure
 from simulator.problem import Task
 from simulator.scenario import load_scenario
 from simulator.schedule import Schedule, save_schedule

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner.cli import main
+from opplan.cli import main
 from planner.schedules import SCHEDULES, available, generate
 from planner.schedules.examples import example_scenario
 from simulator.errors import InputError

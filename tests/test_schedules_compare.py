@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.cli import main
+from opplan.cli import main
 from planner.schedules import SCHEDULES, generate
 from planner.schedules.compare import ComparisonRow, comparison_rows, measure
 from planner.schedules.examples import example_scenario

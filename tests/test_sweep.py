@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from planner.cli import main
-from planner.sweeps import ResultsLog, load_sweep, run_point, run_sweep
-from planner.sweeps.point import job_for
+from opplan.cli import main
+from opplan.sweeps import ResultsLog, load_sweep, run_point, run_sweep
+from opplan.sweeps.point import job_for
 from simulator.errors import InputError
 
 #: 4 stages, F = B = W = 1 ms, 2 GB of activations per micro-batch, 10 GB static, free links.

@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 from distributed import LocalCluster
 
-from planner.sweeps import load_sweep, run_sweep
+from opplan.sweeps import load_sweep, run_sweep
 
 BASE = {
     "name": "tiny",

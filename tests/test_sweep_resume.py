@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from planner.cli import main
+from opplan.cli import main
 
 POINTS = 24
-RUN = [sys.executable, "-c", "import sys; from planner.cli import main; sys.exit(main(sys.argv[1:]))", "sweep"]
+RUN = [sys.executable, "-c", "import sys; from opplan.cli import main; sys.exit(main(sys.argv[1:]))", "sweep"]
 
 
 def slow_sweep(folder: Path) -> Path:

@@ -25,9 +25,13 @@ from simulator.errors import InputError
 from simulator.scenario import Scenario
 from simulator.schedule import Schedule
 
-__all__ = ["SCHEDULES", "Generator", "available", "generate"]
+__all__ = ["SCHEDULES", "Generator", "NotApplicable", "available", "builtin_schedule", "generate"]
 
 Generator = Callable[..., Schedule]
+
+
+class NotApplicable(InputError):
+    """A built-in schedule's precondition does not hold for the scenario (e.g. an odd rank count for DualPipe)."""
 
 #: name -> generator ``(scenario, **options) -> Schedule``, in the order tables list them.
 SCHEDULES: dict[str, Generator] = {
@@ -60,3 +64,14 @@ def available(scenario: Scenario, **options: Any) -> dict[str, str | None]:
         else:
             out[name] = None
     return out
+
+
+def builtin_schedule(name: str, scenario: Scenario) -> Schedule:
+    """The built-in schedule ``name`` for ``scenario``; :class:`NotApplicable` (naming the schedule) if it does not fit."""
+    if name not in SCHEDULES:
+        generate(name, scenario)  # raises the unknown-name error
+    try:
+        return generate(name, scenario)
+    except InputError as exc:  # the generators' contract: a violated precondition
+        reason = f"{exc.field}: {exc.message}" if exc.field else exc.message
+        raise NotApplicable(f"{name} does not apply: {reason}", file=scenario.file or None, field="schedule") from None

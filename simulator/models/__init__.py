@@ -1,54 +1,45 @@
 """Model builders: a ``model:`` section of a scenario becomes an :class:`OperatorGraph`.
 
-Each builder registers itself under a ``type`` name. The built-in ones are
-``pipeline`` (a uniform chain of stages with given times, the textbook setting) and
-``graph`` (operators and edges written out). Others (dense transformers, MoE,
-multi-modal) live in their own modules and register the same way.
+:data:`BUILDERS` names, per ``type``, the module and function that build it:
+``pipeline`` (a uniform chain of stages with given times, the textbook setting),
+``graph`` (operators and edges written out), ``transformer`` (LLaMA-style dense),
+``moe`` (DeepSeek-style mixture of experts) and ``two_tower`` (multi-modal). A
+builder module is imported only when a scenario uses its type, and imports nothing
+from this package, so there is no registration side effect and no import cycle.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 from simulator.graph import OperatorGraph
 from simulator.yamlio import Section
 
-__all__ = ["register", "build_model", "model_types"]
+__all__ = ["BUILDERS", "build_model"]
 
 ModelBuilder = Callable[[Section, Path], OperatorGraph]
-_BUILDERS: dict[str, ModelBuilder] = {}
 
-
-def register(type_name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: make ``builder`` available as ``model: {type: type_name}``."""
-
-    def decorate(builder: ModelBuilder) -> ModelBuilder:
-        _BUILDERS[type_name] = builder
-        return builder
-
-    return decorate
-
-
-def model_types() -> list[str]:
-    _load_builtin_builders()
-    return sorted(_BUILDERS)
+#: ``model.type`` -> ``"module:function"`` of its builder.
+BUILDERS: dict[str, str] = {
+    "pipeline": "simulator.models.pipeline:build_pipeline",
+    "graph": "simulator.models.explicit:build_graph",
+    "transformer": "simulator.models.transformer:build_transformer",
+    "moe": "simulator.models.moe:build_moe",
+    "two_tower": "simulator.models.multimodal:build_two_tower",
+}
 
 
 def build_model(section: Section, base_dir: Path) -> OperatorGraph:
-    """Dispatch on ``section.type``; unknown types fail with the list of known ones."""
-    _load_builtin_builders()
-    kind = section.str("type", choices=sorted(_BUILDERS))
-    return _BUILDERS[kind](section, base_dir)
+    """Dispatch on ``section.type``; unknown types fail with the list of known ones.
 
-
-def _load_builtin_builders() -> None:
-    # Imported for their @register side effect; kept lazy so importing the registry is cheap.
-    from simulator.models import explicit, pipeline  # noqa: F401
-
-    for optional in ("transformer", "moe", "multimodal"):
-        try:
-            __import__(f"simulator.models.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"simulator.models.{optional}":
-                raise
+    >>> from simulator.yamlio import Section
+    >>> graph = build_model(Section({"type": "pipeline", "stages": 2, "F_ms": 1, "B_ms": 1, "W_ms": 1}, "m.yaml", "model"), Path("."))
+    >>> [op.name for op in graph.operators]
+    ['s0', 's1']
+    """
+    kind = section.str("type", choices=sorted(BUILDERS))
+    module, function = BUILDERS[kind].split(":")
+    builder: ModelBuilder = getattr(importlib.import_module(module), function)
+    return builder(section, base_dir)

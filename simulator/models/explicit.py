@@ -21,7 +21,6 @@ from pathlib import Path
 
 from simulator.errors import InputError
 from simulator.graph import Edge, Operator, OperatorGraph
-from simulator.models import register
 from simulator.units import BYTE_UNITS, TIME_UNITS, read_bytes, unit_keys
 from simulator.yamlio import Section, read_section
 
@@ -72,7 +71,6 @@ def _operator(item: Section) -> Operator:
         raise InputError(exc.message, file=item.file, field=item.path) from None
 
 
-@register("graph")
 def build_graph(section: Section, base_dir: Path) -> OperatorGraph:
     section.check_keys({"type", "name", "file", "operators", "edges"})
     source = section

@@ -46,7 +46,6 @@ from typing import Any
 
 from simulator.costs import Cost, attention_core, embedding, linear, norm
 from simulator.graph import OperatorGraph
-from simulator.models import register
 from simulator.models.transformer import (
     SETTING_KEYS,
     GraphBuilder,
@@ -263,7 +262,6 @@ def moe_graph(config: MoEConfig, name: str, section: Section | None = None) -> O
     return g.build(name, section or Section({}))
 
 
-@register("moe")
 def build_moe(section: Section, base_dir: Path) -> OperatorGraph:
     config = config_from_section(section)
     return moe_graph(config, str(section.raw("name", config.preset or "moe")), section)

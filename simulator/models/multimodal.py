@@ -40,7 +40,6 @@ from typing import Any
 
 from simulator.costs import Cost, attention_core, embedding, linear, norm
 from simulator.graph import OperatorGraph
-from simulator.models import register
 from simulator.models.transformer import (
     SETTING_KEYS,
     GraphBuilder,
@@ -191,7 +190,6 @@ def two_tower_graph(config: TwoTowerConfig, name: str, section: Section | None =
     return g.build(name, section or Section({}))
 
 
-@register("two_tower")
 def build_two_tower(section: Section, base_dir: Path) -> OperatorGraph:
     return two_tower_graph(config_from_section(section), str(section.raw("name", "two-tower")), section)
 

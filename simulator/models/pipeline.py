@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from simulator.graph import OperatorGraph, chain_graph
-from simulator.models import register
 from simulator.units import BYTE_UNITS, TIME_UNITS, read_bytes, read_seconds, unit_keys
 from simulator.yamlio import Section
 
@@ -27,7 +26,6 @@ for _base in ("activation", "w_retained", "static", "edge"):
     _KEYS |= unit_keys(_base, BYTE_UNITS)
 
 
-@register("pipeline")
 def build_pipeline(section: Section, base_dir: Path) -> OperatorGraph:
     section.check_keys(_KEYS)
     stages = section.integer("stages", minimum=1)

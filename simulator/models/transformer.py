@@ -35,7 +35,6 @@ from typing import Any
 
 from simulator.costs import ELEMENT_BYTES, Cost, attention_core, cross_entropy, elementwise, embedding, linear, norm
 from simulator.graph import Edge, Operator, OperatorGraph
-from simulator.models import register
 from simulator.yamlio import Section
 
 __all__ = [
@@ -306,7 +305,6 @@ def transformer_graph(config: TransformerConfig, name: str, section: Section | N
     return g.build(name, section or Section({}))
 
 
-@register("transformer")
 def build_transformer(section: Section, base_dir: Path) -> OperatorGraph:
     config = config_from_section(section)
     return transformer_graph(config, str(section.raw("name", config.preset or "transformer")), section)

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.sweeps.overrides import apply_overrides
-from planner.sweeps.spec import PLANNER, Point, SweepSpec, builtin_names, is_schedule_file
+from opplan.sweeps.overrides import apply_overrides
+from opplan.sweeps.spec import PLANNER, Point, SweepSpec, builtin_names, is_schedule_file
+from planner import schedules
+from planner.schedules import NotApplicable
 from simulator.engine import replay
 from simulator.errors import InputError, OpplanError, ScheduleRejected
 from simulator.metrics import Report, build_report
@@ -49,10 +51,6 @@ METRICS = (
     "tasks",
     "violations",
 )
-
-
-class NotApplicable(InputError):
-    """The requested built-in schedule does not apply to the point's scenario."""
 
 
 @dataclass(frozen=True)
@@ -111,18 +109,12 @@ def _planned(scenario: Scenario, time_limit_s: float | None) -> Schedule:
 
 def builtin_schedule(name: str, scenario: Scenario) -> Schedule:
     """The built-in schedule ``name`` for ``scenario``; :class:`NotApplicable` if it does not fit."""
-    from planner import schedules
-
     known = builtin_names()
     if name not in known:
         raise InputError(
             f"unknown schedule {name!r} (built-in: {', '.join(known)}; or a .json/.yaml file, or {PLANNER!r})", field="schedule"
         )
-    try:
-        return schedules.generate(name, scenario)
-    except InputError as exc:  # the generators' contract: a violated precondition, e.g. an odd rank count for DualPipe
-        reason = f"{exc.field}: {exc.message}" if exc.field else exc.message
-        raise NotApplicable(f"{name} does not apply: {reason}", file=scenario.file or None, field="schedule") from None
+    return schedules.builtin_schedule(name, scenario)
 
 
 def metrics_of(report: Report, tasks: int) -> dict[str, float | int]:

@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from planner.cli import cli
 from simulator.errors import InputError
 
 
@@ -17,7 +16,7 @@ def _default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-@cli.command()
+@click.command()
 @click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), help="output folder (default: out/<sweep name>)")
 @click.option("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster (e.g. tcp://10.0.0.5:8786)")
@@ -26,8 +25,8 @@ def _default_workers() -> int:
 @click.option("--retry-errors", is_flag=True, help="run points that failed last time again")
 def sweep(sweep_file: Path, out: Path | None, scheduler: str | None, workers: int | None, retry_errors: bool) -> None:
     """Replay a scenario at every point of a grid; skip points already done; write CSV, Parquet and plots."""
-    from planner.sweeps import ResultsLog, load_sweep, run_sweep, summary_table
-    from planner.sweeps.runner import LOG_NAME
+    from opplan.sweeps import ResultsLog, load_sweep, run_sweep, summary_table
+    from opplan.sweeps.runner import LOG_NAME
 
     spec = load_sweep(sweep_file)
     folder = out or Path("out") / spec.name

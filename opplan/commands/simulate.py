@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from planner.cli import cli
-from planner.commands.common import load_inputs, scenario_argument, write_reports
+from opplan.commands.common import load_inputs, scenario_argument, write_reports
 from simulator.engine import replay
 from simulator.errors import ScheduleRejected
 from simulator.metrics import build_report
@@ -27,7 +26,7 @@ def _replay_naming(scenario, schedule, used: Path):
         raise
 
 
-@cli.command()
+@click.command()
 @scenario_argument
 @_schedule_option
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace")
@@ -43,7 +42,7 @@ def simulate(scenario: Path, schedule_path: Path | None, trace_path: Path | None
         raise ScheduleRejected(list(timeline.violations), file=str(used))
 
 
-@cli.command()
+@click.command()
 @scenario_argument
 @_schedule_option
 def validate(scenario: Path, schedule_path: Path | None) -> None:

@@ -15,28 +15,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli import cli
-from planner.commands.common import scenario_argument, write_reports
-from planner.output import write_output
+from opplan.commands.common import scenario_argument, write_reports
+from opplan.output import write_output
 from simulator.errors import InputError
 from simulator.metrics import build_report
 from simulator.report import fmt_bytes, fmt_ms, print_report
-from simulator.scenario import OBJECTIVES, Scenario, load_scenario
+from simulator.scenario import OBJECTIVES, load_scenario
 from simulator.schedule import schedule_to_dict
 
-__all__ = ["memory_like", "progress_printer", "print_plan"]
-
-
-def memory_like(scenario: Scenario, name: str) -> float:
-    """The largest per-device memory peak of built-in schedule ``name`` on ``scenario`` (bytes).
-
-    Lets a plan be held to the same memory as a hand-made schedule (e.g. DualPipe's).
-    """
-    from planner.schedules import generate
-    from simulator.engine import replay
-
-    timeline = replay(scenario.problem, generate(name, scenario))
-    return max(level for samples in timeline.memory.values() for _, level in samples)
+__all__ = ["plan_command", "progress_printer", "print_plan"]
 
 
 #: The lower level's formulations (kept literal so ``opplan --help`` does not load CVXPY).
@@ -83,7 +70,7 @@ def print_plan(result, console: Console) -> None:
         console.print(f"note: {note}", highlight=False)
 
 
-@cli.command("plan")
+@click.command("plan")
 @scenario_argument
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=None, help="what to minimise (default: the scenario's)")
 @click.option("--time-limit", type=click.FloatRange(min=1.0), default=None, help="seconds for the whole plan")
@@ -108,6 +95,7 @@ def plan_command(
 ) -> None:
     """Plan SCENARIO with the bi-level MIP; print the certificate and the simulated report."""
     from planner.bilevel import plan
+    from planner.memory import memory_like
 
     loaded = load_scenario(scenario)
     if memory_limit_gb is not None and like_schedule is not None:

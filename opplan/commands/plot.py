@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from planner.cli import cli
-from planner.commands.common import load_inputs, scenario_argument
+from opplan.commands.common import load_inputs, scenario_argument
 from simulator.engine import Timeline, replay
 from simulator.errors import InputError, ScheduleRejected
 from simulator.scenario import load_scenario
@@ -20,7 +19,7 @@ _builtin = click.option("--builtin", "builtin", metavar="NAME", help="a built-in
 _title = click.option("--title", help="title (default: schedule name, makespan, bubble, peak memory)")
 
 
-@cli.group()
+@click.group()
 def plot() -> None:
     """Draw a replay (Gantt chart, memory over time) or a sweep's results."""
 
@@ -29,7 +28,7 @@ def _replayed(scenario_path: Path, schedule_path: Path | None, builtin: str | No
     if schedule_path is not None and builtin is not None:
         raise InputError("give --schedule FILE or --builtin NAME, not both", field="--builtin")
     if builtin is not None:
-        from planner.sweeps.point import builtin_schedule
+        from planner.schedules import builtin_schedule
 
         scenario = load_scenario(scenario_path)
         schedule, used = builtin_schedule(builtin, scenario), None
@@ -54,7 +53,8 @@ def _replayed(scenario_path: Path, schedule_path: Path | None, builtin: str | No
 @_title
 def gantt(scenario: Path, schedule_path: Path | None, builtin: str | None, output: Path, title: str | None) -> None:
     """Gantt chart: one row per device, one bar per task or group, idle time visible."""
-    from planner.plots import gantt_figure, save_figure
+    from opplan.output import save_figure
+    from simulator.pictures import gantt_figure
 
     timeline, inputs = _replayed(scenario, schedule_path, builtin)
     path = save_figure(gantt_figure(timeline, title=title), output, inputs=inputs)
@@ -69,7 +69,8 @@ def gantt(scenario: Path, schedule_path: Path | None, builtin: str | None, outpu
 @_title
 def memory(scenario: Path, schedule_path: Path | None, builtin: str | None, output: Path, title: str | None) -> None:
     """Memory in use over time on every device, with the capacity."""
-    from planner.plots import memory_figure, save_figure
+    from opplan.output import save_figure
+    from simulator.pictures import memory_figure
 
     timeline, inputs = _replayed(scenario, schedule_path, builtin)
     path = save_figure(memory_figure(timeline, title=title), output, inputs=inputs)
@@ -89,8 +90,9 @@ def memory(scenario: Path, schedule_path: Path | None, builtin: str | None, outp
 def sweep_plot(results: Path, x: str, y: str, series: str | None, facet: str | None, statuses: tuple[str, ...],
                output: Path, title: str | None) -> None:
     """Chart a sweep's results table (results.csv or results.parquet)."""
-    from planner.plots import save_figure, sweep_figure
-    from planner.sweeps.table import read_table
+    from opplan.output import save_figure
+    from opplan.sweeps.chart import sweep_figure
+    from opplan.sweeps.table import read_table
 
     table = read_table(results)
     try:

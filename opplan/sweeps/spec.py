@@ -35,7 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from planner.sweeps.overrides import check_field
+from opplan.sweeps.overrides import check_field
 from simulator.errors import InputError
 from simulator.yamlio import Section, read_section
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import click
 import yaml
 
-from planner.cli import cli
-from planner.commands.common import scenario_argument
-from planner.output import write_output
+from opplan.commands.common import scenario_argument
+from opplan.output import write_output
 from planner.schedules import available, generate
 from planner.schedules.compare import comparison_rows, render_comparison
 from simulator.errors import InputError, ScheduleRejected
@@ -39,7 +38,7 @@ def schedule_text(schedule: Schedule, path: Path) -> str:
     return yaml.safe_dump(doc, sort_keys=False, width=120)
 
 
-@cli.command("schedule")
+@click.command("schedule")
 @click.argument("name")
 @scenario_argument
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -66,7 +65,7 @@ def _parse_with(values: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
-@cli.command("compare")
+@click.command("compare")
 @scenario_argument
 @click.option("--with", "extra", multiple=True, metavar="LABEL=FILE", help="also replay this schedule file")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the rows as JSON")
@@ -102,8 +101,9 @@ def _planned(scenario, memory_like_name: str | None, time_limit: float | None) -
     """The planner's schedule for the comparison (progress goes to the terminal)."""
     from rich.console import Console
 
+    from opplan.commands.plan import print_plan, progress_printer
     from planner.bilevel import plan
-    from planner.commands.plan import memory_like, print_plan, progress_printer
+    from planner.memory import memory_like
 
     console = Console(width=max(Console().width, 132))
     limit = memory_like(scenario, memory_like_name) if memory_like_name else None

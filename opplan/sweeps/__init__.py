@@ -1,14 +1,14 @@
 """What-if sweeps: one base scenario, many points, each replayed; results resumable.
 
->>> from planner.sweeps import load_sweep, run_sweep   # doctest: +SKIP
+>>> from opplan.sweeps import load_sweep, run_sweep   # doctest: +SKIP
 >>> outcome = run_sweep(load_sweep("scenarios/sweeps/hardware-x-microbatches.yaml"), "out/hw")  # doctest: +SKIP
 
-Layout: :mod:`~planner.sweeps.spec` reads the sweep file and expands its points,
-:mod:`~planner.sweeps.overrides` sets dotted fields of a scenario document,
-:mod:`~planner.sweeps.point` runs one point (what Dask workers execute),
-:mod:`~planner.sweeps.store` is the resumable results log,
-:mod:`~planner.sweeps.runner` drives Dask and the progress bar, and
-:mod:`~planner.sweeps.table` turns rows into CSV / Parquet / a terminal summary.
+Layout: :mod:`~opplan.sweeps.spec` reads the sweep file and expands its points,
+:mod:`~opplan.sweeps.overrides` sets dotted fields of a scenario document,
+:mod:`~opplan.sweeps.point` runs one point (what Dask workers execute),
+:mod:`~opplan.sweeps.store` is the resumable results log,
+:mod:`~opplan.sweeps.runner` drives Dask and the progress bar, and
+:mod:`~opplan.sweeps.table` turns rows into CSV / Parquet / a terminal summary.
 
 The names below are imported on first use, so a Dask worker that only needs
 :func:`run_point` does not pay for pandas, rich and Dask's client side.
@@ -43,8 +43,8 @@ __all__ = sorted(_HOMES)
 def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
-        raise AttributeError(f"module 'planner.sweeps' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"planner.sweeps.{home}"), name)
+        raise AttributeError(f"module 'opplan.sweeps' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"opplan.sweeps.{home}"), name)
 
 
 def __dir__() -> list[str]:

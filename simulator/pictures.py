@@ -1,38 +1,26 @@
-"""Pictures of a replay and of a sweep, drawn with matplotlib (no display needed).
+"""Pictures of a replay, drawn with matplotlib (no display needed).
 
-Every drawing function takes what the library already produces: a
-:class:`~simulator.engine.Timeline` (anything replayed can be drawn) or a sweep's
-results table, and returns a :class:`matplotlib.figure.Figure`; :func:`save_figure`
-writes it as PNG, SVG or PDF. Figures are built without ``pyplot``, so nothing here
-touches global state or needs a display.
+Every drawing function takes a :class:`~simulator.engine.Timeline` (anything replayed
+can be drawn) and returns a :class:`matplotlib.figure.Figure`; writing it to a file is
+the application's job (``opplan.output.save_figure``). Figures are built without
+``pyplot``, so nothing here touches global state or needs a display.
 
 - :func:`gantt_figure`: one row per device, one bar per executed entry, coloured by
   kind (F, B, W, a fused ``B+W``, an overlapped ``F&B``, communication); idle time is
   the grey background between bars; micro-batch numbers are written in bars wide
   enough to hold them.
 - :func:`memory_figure`: bytes in use over time on each device, with the capacity.
-- :func:`sweep_figure`: a metric against a swept field, one line per series, one
-  panel per facet.
 """
 
 from __future__ import annotations
 
-import io
-import numbers
-from collections.abc import Iterable, Sequence
-from pathlib import Path
-
-import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from planner.output import write_output
-from planner.sweeps.table import TABLE_COLUMNS
 from simulator.engine import Executed, Timeline
-from simulator.errors import InputError
 from simulator.metrics import build_report
 
-__all__ = ["COLORS", "FORMATS", "category", "entry_label", "gantt_figure", "memory_figure", "save_figure", "sweep_figure"]
+__all__ = ["COLORS", "category", "entry_label", "gantt_figure", "memory_figure", "palette"]
 
 #: Fill colour per entry category (colour-blind-safe Okabe-Ito palette).
 COLORS = {
@@ -45,7 +33,6 @@ COLORS = {
     "other": "#56B4E9",
 }
 _IDLE = "#eeeeee"
-FORMATS = (".png", ".svg", ".pdf")
 _LABEL_POINTS = 6.5
 
 
@@ -155,7 +142,7 @@ def memory_figure(timeline: Timeline, *, title: str | None = None) -> Figure:
     devices = _devices(timeline)
     figure = Figure(figsize=(11, 4.8), layout="constrained")
     ax = figure.add_subplot()
-    colors = _palette(len(devices))
+    colors = palette(len(devices))
     end = timeline.makespan * 1e3
     for device, color in zip(devices, colors):
         samples = list(timeline.memory[device])
@@ -174,118 +161,9 @@ def memory_figure(timeline: Timeline, *, title: str | None = None) -> Figure:
     return figure
 
 
-def _palette(count: int) -> list:
+def palette(count: int) -> list:
+    """``count`` distinct line colours (tab10, or tab20 beyond ten)."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if count <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(count)]
-
-
-def _require_columns(table: pd.DataFrame, names: Iterable[str | None]) -> None:
-    for name in names:
-        if name is not None and name not in table.columns:
-            raise InputError(f"no column {name!r} in the results (columns: {', '.join(map(str, table.columns))})", field=name)
-
-
-def _varying(group: pd.DataFrame, fixed: Sequence[str]) -> list[str]:
-    """Point fields (columns before the result columns) that still differ inside one plotted point."""
-    fields = [c for c in group.columns if c not in TABLE_COLUMNS and c not in fixed]
-    return [c for c in fields if group[c].astype(str).nunique() > 1]
-
-
-def _distinct(values: Iterable) -> list:
-    """Distinct values in order of first appearance (the sweep's order)."""
-    out: list = []
-    for value in values:
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def _is_numeric(values: Sequence) -> bool:
-    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
-
-
-def sweep_figure(
-    table: pd.DataFrame,
-    *,
-    x: str,
-    y: str,
-    series: str | None = None,
-    facet: str | None = None,
-    statuses: Sequence[str] = ("ok",),
-    title: str | None = None,
-) -> Figure:
-    """``y`` against ``x`` from a sweep's results: one line per ``series`` value, one panel per ``facet`` value.
-
-    Only rows whose status is in ``statuses`` are drawn. If two rows land on the same
-    (facet, series, x) the picture would hide one: that is refused with the fields
-    that differ, to be used as ``series`` or ``facet``.
-    """
-    _require_columns(table, (x, y, series, facet, "status"))
-    rows = table[table["status"].isin(list(statuses))]
-    if rows.empty:
-        raise InputError(f"no rows with status {' or '.join(statuses)} to draw", field="status")
-    keys = [c for c in (facet, series, x) if c is not None]
-    for _, group in rows.groupby(keys, dropna=False, sort=False):
-        if len(group) > 1:
-            differ = _varying(group, keys)
-            hint = f"; they differ in {', '.join(differ)}: use it as --series or --facet" if differ else ""
-            raise InputError(f"{len(group)} rows share one point of the plot{hint}", field=x)
-    facets = [f for f in _distinct(table[facet]) if f in set(rows[facet])] if facet else [None]
-    columns = min(len(facets), 3)
-    lines = (len(facets) + columns - 1) // columns
-    figure = Figure(figsize=(4.6 * columns + 1.6, 3.6 * lines), layout="constrained")
-    axes = figure.subplots(lines, columns, squeeze=False, sharey=True)
-    xs = _distinct(rows[x])
-    categorical = not _is_numeric(xs)
-    xs = xs if categorical else sorted(xs)
-    names = [n for n in _distinct(table[series]) if n in set(rows[series])] if series else [None]
-    colors = dict(zip(names, _palette(len(names))))
-    for index, value in enumerate(facets):
-        ax = axes[index // columns][index % columns]
-        part = rows if facet is None else rows[rows[facet] == value]
-        for name in names:
-            line = part if series is None else part[part[series] == name]
-            if line.empty:
-                continue
-            line = line.assign(_pos=line[x].map(xs.index) if categorical else line[x]).sort_values("_pos")
-            ax.plot(line["_pos"], line[y], marker="o", markersize=4, color=colors[name], label=str(name) if series else y)
-        if categorical:
-            ax.set_xticks(range(len(xs)), [str(v) for v in xs])
-        elif len(xs) <= 12:
-            ax.set_xticks(xs, [f"{v:g}" for v in xs])
-        ax.set_xlabel(x)
-        ax.set_title(f"{facet} = {value}" if facet else "", fontsize=9)
-        ax.grid(alpha=0.3)
-    for index in range(len(facets), lines * columns):
-        axes[index // columns][index % columns].set_visible(False)
-    axes[0][0].set_ylabel(y)
-    if series:
-        figure.legend(*axes[0][0].get_legend_handles_labels() if len(facets) == 1 else _all_handles(axes), title=series,
-                      loc="outside right upper", frameon=False, fontsize=8)
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return figure
-
-
-def _all_handles(axes) -> tuple[list, list]:
-    handles, labels = [], []
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
-    return handles, labels
-
-
-def save_figure(figure: Figure, path: str | Path, *, inputs: Iterable[str | Path] = (), option: str = "--output") -> Path:
-    """Write ``figure`` to ``path`` (format from the suffix: .png, .svg, .pdf), atomically."""
-    path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise InputError(f"unknown picture format {path.suffix or '(none)'!r} (use {', '.join(FORMATS)})", file=str(path), field=option)
-    fmt = path.suffix.lower()[1:]
-    buffer = io.BytesIO()
-    metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
-    figure.savefig(buffer, format=fmt, dpi=150, metadata=metadata)
-    return write_output(path, buffer.getvalue(), inputs=inputs, option=option)

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli import cli
-from planner.commands.common import scenario_argument
+from opplan.commands.common import scenario_argument
 from simulator.graph import KINDS, OperatorGraph
 from simulator.problem import Problem, Task
 from simulator.report import fmt_bytes, fmt_ms
@@ -199,7 +199,7 @@ def _path_text(path: CriticalPath) -> str:
     )
 
 
-@cli.command()
+@click.command()
 @scenario_argument
 def describe(scenario: Path) -> None:
     """Summarise a scenario's model: operators, parameters, FLOPs, memory, critical path, groups."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from planner.output import write_output
+from opplan.output import write_output
 from simulator.engine import Timeline
 from simulator.errors import InputError
 from simulator.metrics import build_report

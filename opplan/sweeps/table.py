@@ -2,7 +2,7 @@
 
 Leading columns are the point's fields under their dotted names
 (``cluster.profile``, ``workload.micro_batches``, ``schedule``), then ``status`` and
-``error``, then the metrics (:data:`planner.sweeps.point.METRICS`), the seconds the
+``error``, then the metrics (:data:`opplan.sweeps.point.METRICS`), the seconds the
 point took and its key. The same table is written as CSV (to read) and Parquet (to
 load in pandas with its types), and summarised on the terminal.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from planner.output import write_output
-from planner.sweeps.point import METRICS
-from planner.sweeps.spec import SweepSpec
+from opplan.output import write_output
+from opplan.sweeps.point import METRICS
+from opplan.sweeps.spec import SweepSpec
 from simulator.errors import InputError
 
 __all__ = ["TABLE_COLUMNS", "results_table", "write_tables", "read_table", "summary_table"]

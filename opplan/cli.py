@@ -3,29 +3,24 @@
 Every :class:`~simulator.errors.OpplanError` becomes one line on stderr
 (``opplan: error: FILE: FIELD: message``) and a non-zero exit; no tracebacks for
 problems the user can fix. Each sub-command lives in its own module under
-``planner.commands`` and registers itself on :data:`cli`.
+:mod:`opplan.commands`, knows nothing of this group, and is added here with
+``cli.add_command``; those modules import their heavy dependencies (CVXPY, pandas,
+Dask) inside the command, so ``opplan --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import click
 
+from opplan.commands.describe import describe
+from opplan.commands.plan import plan_command
+from opplan.commands.plot import plot
+from opplan.commands.schedules import compare_command, schedule_command
+from opplan.commands.simulate import simulate, validate
+from opplan.commands.sweep import sweep
 from simulator.errors import OpplanError, ScheduleRejected
 
 __all__ = ["cli", "main"]
-
-#: Modules that add sub-commands to :data:`cli` (imported for their side effect).
-COMMAND_MODULES = (
-    "planner.commands.simulate",  # simulate, validate
-    "planner.commands.schedules",  # schedule, compare
-    "planner.commands.describe",  # describe
-    "planner.commands.plan",  # plan
-    "planner.commands.sweep",  # sweep
-    "planner.commands.plot",  # plot
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,14 +29,12 @@ def cli() -> None:
     """Plan and simulate how a model is spread over a GPU cluster."""
 
 
-def _register_commands() -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name)
+for _command in (simulate, validate, schedule_command, compare_command, describe, plan_command, sweep, plot):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning domain errors into one-line messages."""
-    _register_commands()
     try:
         cli.main(args=argv, prog_name="opplan", standalone_mode=False)
     except ScheduleRejected as exc:
@@ -62,11 +55,3 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("opplan: interrupted", err=True)
         return 130
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    # Run as ``python -m planner.cli`` this file is ``__main__``; the commands register
-    # on the importable ``planner.cli``, so call that module's entry point.
-    from planner.cli import main as _main
-
-    sys.exit(_main())

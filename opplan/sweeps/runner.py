@@ -21,10 +21,10 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from planner.sweeps.point import PointJob, job_for, run_point
-from planner.sweeps.spec import SweepSpec
-from planner.sweeps.store import ResultsLog
-from planner.sweeps.table import TABLE_COLUMNS, results_table, write_tables
+from opplan.sweeps.point import PointJob, job_for, run_point
+from opplan.sweeps.spec import SweepSpec
+from opplan.sweeps.store import ResultsLog
+from opplan.sweeps.table import TABLE_COLUMNS, results_table, write_tables
 from simulator.errors import InputError
 
 __all__ = ["SweepOutcome", "LOG_NAME", "execute", "run_sweep"]
@@ -156,7 +156,8 @@ def _check_plots(spec: SweepSpec) -> None:
 
 
 def _draw(spec: SweepSpec, table: pd.DataFrame, folder: Path, inputs: Iterable[Path]) -> list[Path]:
-    from planner.plots import save_figure, sweep_figure
+    from opplan.output import save_figure
+    from opplan.sweeps.chart import sweep_figure
 
     out = []
     for plot in spec.plots:

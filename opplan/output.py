@@ -7,14 +7,17 @@ leaves a half-written file where a good one was.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from simulator.errors import InputError
 
-__all__ = ["write_output"]
+__all__ = ["FORMATS", "save_figure", "write_output"]
 
 
 def write_output(path: str | Path, text: str | bytes, *, inputs: Iterable[str | Path] = (), option: str = "output") -> Path:
@@ -42,3 +45,19 @@ def write_output(path: str | Path, text: str | bytes, *, inputs: Iterable[str | 
             os.unlink(tmp)
         raise
     return target
+
+
+#: Picture formats :func:`save_figure` writes, by suffix.
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def save_figure(figure: Figure, path: str | Path, *, inputs: Iterable[str | Path] = (), option: str = "--output") -> Path:
+    """Write ``figure`` to ``path`` (format from the suffix: .png, .svg, .pdf), atomically."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise InputError(f"unknown picture format {path.suffix or '(none)'!r} (use {', '.join(FORMATS)})", file=str(path), field=option)
+    fmt = path.suffix.lower()[1:]
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
+    figure.savefig(buffer, format=fmt, dpi=150, metadata=metadata)
+    return write_output(path, buffer.getvalue(), inputs=inputs, option=option)

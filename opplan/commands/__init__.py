@@ -1,0 +1,1 @@
+"""Sub-commands of ``opplan``, one module each (see :mod:`opplan.cli`)."""

@@ -1,1 +1,0 @@
-"""Sub-commands of ``opplan``, one module each (see :mod:`planner.cli`)."""
