@@ -124,7 +124,9 @@ def _merge_work(a: Work, b: Work) -> dict[str, dict[str, float]]:
     return out
 
 
-def _hbm(forward: float = 0.0, backward: float = 0.0, weight: float = 0.0, kernels: tuple[int, int, int] = (1, 1, 1)) -> dict[str, dict[str, float]]:
+def _hbm(
+    forward: float = 0.0, backward: float = 0.0, weight: float = 0.0, kernels: tuple[int, int, int] = (1, 1, 1)
+) -> dict[str, dict[str, float]]:
     """Memory-bound bytes moved by F, B and W, and the kernels that move them (``launch``)."""
     return {
         kind: {"hbm": amount, "launch": count}
@@ -258,7 +260,8 @@ def norm(tokens: float, width: float, elem: float, *, style: str = "fused") -> C
     """
     n = tokens * width
     if style == "hf":
-        return Cost(params=width, saved=n * (FP32_BYTES + elem) + tokens * FP32_BYTES, work=_hbm(n * (4 * elem + 28), n * (4 * elem + 48), n * 2 * elem, (7, 9, 1)))
+        work = _hbm(n * (4 * elem + 28), n * (4 * elem + 48), n * 2 * elem, (7, 9, 1))
+        return Cost(params=width, saved=n * (FP32_BYTES + elem) + tokens * FP32_BYTES, work=work)
     return Cost(params=width, saved=n * elem + tokens * FP32_BYTES, work=_hbm(2 * elem * n, 3 * elem * n, 2 * elem * n))
 
 

@@ -151,9 +151,9 @@ def _roofline_rates(device: Section, peak: float, efficiency: float, path: Path)
         for name in kernels.keys():
             fractions[f"device.attention_efficiency.{name}"] = _figure(kernels, name)
             rates[f"attention.{ATTENTION_KERNELS[name].name}"] = peak * fractions[f"device.attention_efficiency.{name}"]
-    for field, value in fractions.items():
+    for key, value in fractions.items():
         if value > 1:
-            raise InputError(f"an efficiency must be at most 1, got {value:g}", file=str(path), field=f"{field}.value")
+            raise InputError(f"an efficiency must be at most 1, got {value:g}", file=str(path), field=f"{key}.value")
     rates["gemm.weight"] = peak * present.get("weight_gemm_efficiency", efficiency)
     if "memory_bandwidth_GBps" in present:
         rates["hbm"] = present["memory_bandwidth_GBps"] * 1e9 * present.get("hbm_efficiency", 1.0)

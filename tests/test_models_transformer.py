@@ -127,7 +127,8 @@ def test_durations_are_a_roofline_gemms_at_the_gemm_rate_and_the_rest_at_hbm_ban
 
 
 def test_a_hand_written_device_without_roofline_figures_prices_flops_only(tmp_path):
-    problem = scenario({"preset": "llama-7b"}, {"devices": 1, "device": {"peak_tflops": 100, "efficiency": 0.5}}, tmp_path / "c.yaml").problem
+    cluster = {"devices": 1, "device": {"peak_tflops": 100, "efficiency": 0.5}}
+    problem = scenario({"preset": "llama-7b"}, cluster, tmp_path / "c.yaml").problem
     device, op = problem.cluster.devices[0], problem.graph.by_name["L0.mlp"]
     assert problem.duration(Task("L0.mlp", 0, "B"), device) == pytest.approx(op.work["B"]["gemm"] / 50e12)
 

@@ -153,7 +153,8 @@ def router_cost(tokens: float, hidden: int, experts: int, top_k: int, elem: int,
     """
     fp32_scores = Cost(saved=tokens * experts * 4 + tokens * top_k * ROUTE_BYTES_PER_COPY)
     scoring = pointwise(tokens * experts, 4, 4, 3, kernels=(2, 2))
-    return norm(tokens, hidden, elem, style=norm_style) + linear(tokens, hidden, experts, elem) + fp32_scores + scoring + residual(tokens, hidden, elem)
+    gate = norm(tokens, hidden, elem, style=norm_style) + linear(tokens, hidden, experts, elem)
+    return gate + fp32_scores + scoring + residual(tokens, hidden, elem)
 
 
 @dataclass(frozen=True)
@@ -248,9 +249,11 @@ def moe_graph(config: MoEConfig, name: str, section: Section | None = None) -> O
         layer = f"layer{i}"
         attn = g.add(make_operator(f"L{i}.attn", config.attention(), group=layer, keep=keep), *((o, stream) for o in outputs))
         if i < config.dense_layers:
-            outputs = [g.add(make_operator(f"L{i}.mlp", mlp_cost(t, h, config.ffn, e, norm_style=s.norm), group=layer, keep=keep), (attn, stream))]
+            dense = mlp_cost(t, h, config.ffn, e, norm_style=s.norm)
+            outputs = [g.add(make_operator(f"L{i}.mlp", dense, group=layer, keep=keep), (attn, stream))]
             continue
-        router = g.add(make_operator(f"L{i}.router", router_cost(t, h, n_exp, k, e, norm_style=s.norm), group=layer, keep=keep), (attn, stream))
+        gate = router_cost(t, h, n_exp, k, e, norm_style=s.norm)
+        router = g.add(make_operator(f"L{i}.router", gate, group=layer, keep=keep), (attn, stream))
         dispatch = make_operator(f"L{i}.dispatch", Cost(), group=f"{layer}.dispatch", stream="comm", comm_bytes=a2a_bytes)
         g.add(dispatch, (router, stream + t * k * ROUTE_BYTES_PER_COPY))
         expert_cost = mlp_cost(routed_tokens, h, config.expert_ffn, e, with_norm=False)

@@ -165,7 +165,8 @@ def two_tower_graph(config: TwoTowerConfig, name: str, section: Section | None =
     # CLIP-like towers: learned positions (no rotary); the image encoder is bidirectional.
     v_attn = attention_cost(vs, v.hidden, v.heads, v.heads, causal=False, rope=False)
     v_mlp = mlp_cost(tv, v.hidden, v.ffn, e, kind="gelu", norm_style=s.norm)
-    t_attn, t_mlp = attention_cost(s, x.hidden, x.heads, x.heads, rope=False), mlp_cost(tt, x.hidden, x.ffn, e, kind="gelu", norm_style=s.norm)
+    t_attn = attention_cost(s, x.hidden, x.heads, x.heads, rope=False)
+    t_mlp = mlp_cost(tt, x.hidden, x.ffn, e, kind="gelu", norm_style=s.norm)
     t_xattn = cross_attention_cost(s, x.hidden, x.heads, v.tokens)
     g = GraphBuilder()
 
