@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from simulator.errors import InputError
+from simulator.measured import check_device_types
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
@@ -115,6 +116,7 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
             exc.file = str(path)
             exc.field = f"cluster.{exc.field}" if exc.field and not exc.field.startswith("cluster") else exc.field
         raise
+    check_device_types(doc.section("model"), graph, cluster)
     workload = _workload(doc.section("workload"))
     schedule_file = None
     if "schedule" in doc:

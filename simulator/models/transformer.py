@@ -32,7 +32,7 @@ the attention / MLP / head blocks and the ``measured:`` override.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from simulator.costs import (
     swiglu,
 )
 from simulator.graph import Edge, Operator, OperatorGraph
+from simulator.measured import apply_measured
 from simulator.yamlio import Section
 
 __all__ = [
@@ -181,28 +182,6 @@ def read_settings(section: Section, defaults: Mapping[str, Any] | None = None) -
         if not section.bool("flash_attention"):
             values["attention_kernel"] = "math"
     return Settings(**{k: values[k] for k in _SETTING_DEFAULTS})
-
-
-def apply_measured(section: Section, operators: Sequence[Operator]) -> tuple[Operator, ...]:
-    """Apply ``measured: {op: {device type | "*": {F: ms, B: ms, W: ms}}}`` (milliseconds).
-
-    A measured time wins over the FLOP estimate in :meth:`simulator.problem.Problem.duration`.
-    """
-    if "measured" not in section:
-        return tuple(operators)
-    table = section.section("measured")
-    by_name = {op.name: op for op in operators}
-    for name in table.keys():
-        if name not in by_name:
-            raise table.error(f"no operator named {name!r} in this model (e.g. {', '.join(list(by_name)[:3])})", name)
-        per_type = table.section(name)
-        measured: dict[str, dict[str, float]] = {}
-        for device_type in per_type.keys():
-            times = per_type.section(device_type)
-            times.check_keys({"F", "B", "W"})
-            measured[device_type] = {kind: times.number(kind) * 1e-3 for kind in times.keys()}
-        by_name[name] = replace(by_name[name], measured=measured)
-    return tuple(by_name[op.name] for op in operators)
 
 
 # -- building blocks -----------------------------------------------------------------------
