@@ -67,7 +67,8 @@ def test_a_typo_is_an_error_naming_the_file_and_the_field(tmp_path, measured, fi
 
 def test_the_cli_says_it_in_one_line(tmp_path):
     path = tmp_path / "s.yaml"
-    data = {"model": {**SMALL, "measured": {"L0.attn": {"H100": {"F": 1}}}}, "cluster": {"profile": "h100-sxm"}, "workload": {"micro_batches": 1}}
+    model = {**SMALL, "measured": {"L0.attn": {"H100": {"F": 1}}}}
+    data = {"model": model, "cluster": {"profile": "h100-sxm"}, "workload": {"micro_batches": 1}}
     path.write_text(yaml.safe_dump(data))
     run = subprocess.run([sys.executable, "-m", "opplan", "describe", str(path)], capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
