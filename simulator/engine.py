@@ -269,15 +269,18 @@ class _Replay:
             self.paths[key] = (route, resources) if route.links else None
         return self.paths[key]
 
-    def _deliver(self, task: tuple, device: str) -> None:
+    def _deliver(self, task: tuple, device: str, where: str = "all") -> None:
         """Send ``task``'s outputs to every consumer: at once on the same device (or over
-        an ideal interconnect), otherwise as a transfer over the route."""
+        an ideal interconnect), otherwise as a transfer over the route. ``where``:
+        ``local`` / ``remote`` hands over only to consumers on / off ``device``."""
         op, mb, kind = task
         placement, paths = self.placement, self.paths
         arrival, waiting, now = self.arrival, self.waiting, self.env.now
         for cons_op, cons_kind, size in self.cons[op, kind]:
             key = (op, kind, mb, cons_op, cons_kind)
             target = placement[cons_op, mb, cons_kind]
+            if where != "all" and (target == device) != (where == "local"):
+                continue
             if target != device:
                 path = paths[device, target] if (device, target) in paths else self._path(device, target)
                 if path is not None:
@@ -322,6 +325,7 @@ class _Replay:
         executed = self.executed
         allocate, free, deliver, inputs_of = self._allocate, self._free, self._deliver, self._inputs
         stream = state.stream
+        held: list = []  # outputs of a slot that sends only after the next one
         for index, entry in enumerate(state.entries):
             state.position = index
             tasks = entry.tasks
@@ -369,8 +373,18 @@ class _Replay:
             if freed > 0:
                 free(device, freed)
             executed.append(Executed(device, stream, entry, start, env.now))
+            if entry.send_after_next:  # activations stay local at once; sends wait a slot
+                for task in tasks:
+                    deliver(task, device, "local")
+                held.extend(tasks)
+                continue
+            for task in held:
+                deliver(task, device, "remote")
             for task in tasks:
                 deliver(task, device)
+            held.clear()
+        for task in held:
+            deliver(task, device, "remote")
         state.position = len(state.entries)
         state.done = True
 

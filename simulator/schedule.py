@@ -19,8 +19,10 @@ it ends:
 - ``{"overlap": [F, B, ...]}``: the first task runs overlapped with the rest (DualPipe's
   F&B chunk), taking ``max(F, rest) + (1 - fb_overlap) * min(F, rest)``.
 
-Groups take an optional ``start`` too. Transfers between devices are implied by the
-graph's edges.
+Groups take an optional ``start`` too, and ``"send": "after-next"``: the slot's outputs
+are sent only when the *next* slot on the device ends (DualPipe's reference code posts
+some sends after the following computation). Transfers between devices are implied by
+the graph's edges.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Entry:
     tasks: tuple[Task, ...]
     start: float | None = None
     overlap: bool = False
+    #: Outputs are sent when the next slot on this device ends, not when this one does.
+    send_after_next: bool = False
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -136,10 +140,18 @@ def _parse_entry(value: Any, file: str | None, where: str) -> Entry:
             if not isinstance(group, list) or len(group) < 2:
                 raise InputError(f"{key} takes a list of at least two tasks", file=file, field=f"{where}.{key}")
             tasks = tuple(_parse_task(v, file, f"{where}.{key}[{i}]") for i, v in enumerate(group))
-            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap")
+            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap", send_after_next=_parse_send(value, file, where))
     if isinstance(value, dict) and "task" in value:
-        return Entry((_parse_task(value["task"], file, f"{where}.task"),), _parse_start(value, file, where))
+        task = _parse_task(value["task"], file, f"{where}.task")
+        return Entry((task,), _parse_start(value, file, where), send_after_next=_parse_send(value, file, where))
     return Entry((_parse_task(value, file, where),))
+
+
+def _parse_send(value: dict, file: str | None, where: str) -> bool:
+    send = value.get("send", "at-end")
+    if send not in ("at-end", "after-next"):
+        raise InputError(f"send must be 'at-end' or 'after-next', got {send!r}", file=file, field=f"{where}.send")
+    return send == "after-next"
 
 
 def _parse_start(value: dict, file: str | None, where: str) -> float | None:
@@ -180,12 +192,14 @@ def load_schedule(path: str | Path) -> Schedule:
 def _entry_to_json(entry: Entry) -> Any:
     if len(entry.tasks) > 1:
         out: dict[str, Any] = {"overlap" if entry.overlap else "fused": [str(t) for t in entry.tasks]}
-    elif entry.start is None:
+    elif entry.start is None and not entry.send_after_next:
         return str(entry.task)
     else:
         out = {"task": str(entry.task)}
     if entry.start is not None:
         out["start"] = entry.start
+    if entry.send_after_next:
+        out["send"] = "after-next"
     return out
 
 

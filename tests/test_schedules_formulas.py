@@ -112,10 +112,33 @@ DUAL = [(p, m, F, W, overlap) for p, m in [(2, 4), (4, 8), (4, 14), (6, 12), (8,
 
 @pytest.mark.parametrize("p, m, F, W, overlap", DUAL)
 def test_dualpipe_bubble(p, m, F, W, overlap):
+    """The published formula describes DualPipe with every output sent when its pass ends."""
     B = F  # the published formula is stated for a forward as long as an input-backward
-    report = _replay("dualpipe", stages=p, m=m, F=F, B=B, W=W, fb_overlap=overlap)
+    report = _replay("dualpipe-per-pass", stages=p, m=m, F=F, B=B, W=W, fb_overlap=overlap)
     expected = (p / 2 - 1) * (_f_and_b(F, B, W, overlap) + (B + W) - 3 * W)
     assert report.max_bubble == pytest.approx(expected * MS, abs=1e-12)
+
+
+@pytest.mark.parametrize("p, m, F, W, overlap", DUAL)
+def test_dualpipe_with_the_reference_send_points_pays_one_forward_more(p, m, F, W, overlap):
+    """deepseek-ai/DualPipe sends a middle rank's first main-step forward only after the
+    backward that follows it; the other middle rank's next forward waits for it, so the
+    bubble grows by one forward time (none on 2 ranks, where nothing waits on it)."""
+    faithful = _replay("dualpipe", stages=p, m=m, F=F, B=F, W=W, fb_overlap=overlap)
+    per_pass = _replay("dualpipe-per-pass", stages=p, m=m, F=F, B=F, W=W, fb_overlap=overlap)
+    assert faithful.max_bubble == pytest.approx(per_pass.max_bubble + (F * MS if p >= 4 else 0.0), abs=1e-12)
+
+
+def test_dualpipe_marks_exactly_the_reference_deferred_sends():
+    """Step 2: h + 1 chunk-0 forwards on each of the p - 2 outer ranks; the turning points:
+    their last step-2 chunk-1 forward and their first step-4 forward."""
+    p = 8
+    scenario = example_scenario(stages=p, micro_batches=20)
+    schedule = generate("dualpipe", scenario)
+    deferred = {d: sum(e.send_after_next for e in entries) for d, entries in schedule.devices.items()}
+    expected = {f"gpu{r}": (min(r, p - 1 - r) + 1 if min(r, p - 1 - r) < p // 2 - 1 else 2) for r in range(p)}
+    assert deferred == expected
+    assert not any(e.send_after_next for _, e in generate("dualpipe-per-pass", scenario).entries())
 
 
 DUAL_V = [(p, m, F, W, overlap) for p, m in [(1, 2), (2, 4), (2, 7), (3, 9), (4, 10), (4, 13)]

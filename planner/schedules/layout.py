@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -158,6 +158,10 @@ class RankProgram:
             self.deferred.append(weight)
         else:
             self.entries.append(Entry((task, weight)))
+
+    def send_after_next(self) -> None:
+        """The last entry's outputs leave only when the next entry ends (a deferred send)."""
+        self.entries[-1] = replace(self.entries[-1], send_after_next=True)
 
     def weight(self) -> None:
         """Run the oldest deferred W."""
