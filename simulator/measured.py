@@ -11,6 +11,9 @@ Example (in a builder's ``model:`` section, or a file it includes)::
       head:
         "*": {F: 2.5, B: 2.5, W: 1.49}             # any device type
 
+``measured: FILE.yaml`` (a path relative to the scenario) reads the table from a file
+whose top level is ``measured:`` (and optionally ``meta:``), as ``opplan profile`` writes.
+
 Keys under a pattern are device types (as the cluster names them, e.g. ``H100-SXM5``),
 ``"*"`` for any device, and ``memory`` (``activation_MiB``, ``retained_MiB``,
 ``workspace_MiB``: what autograd keeps, e.g. from ``opplan profile``). A ``backward``
@@ -27,25 +30,42 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from fnmatch import fnmatchcase
 from functools import cache
+from pathlib import Path
 
 from simulator.cluster import Cluster, Device
 from simulator.errors import InputError
 from simulator.graph import KINDS, Operator, OperatorGraph
 from simulator.profiles import load_profile, profile_names
-from simulator.yamlio import Section
+from simulator.yamlio import Section, read_section
 
-__all__ = ["apply_measured", "check_device_types", "MEMORY_KEYS"]
+__all__ = ["apply_measured", "check_device_types", "measured_table", "MEMORY_KEYS"]
 
 #: ``memory:`` keys and the operator field each overrides.
 MEMORY_KEYS = {"activation_MiB": "activation_bytes", "retained_MiB": "w_retained_bytes", "workspace_MiB": "workspace_bytes"}
 _TIME_KEYS = set(KINDS) | {"backward"}
 
 
+def measured_table(section: Section) -> Section | None:
+    """``section["measured"]``: inline, or read from the file it names; None when absent."""
+    if "measured" not in section:
+        return None
+    if not isinstance(section.raw("measured"), str):
+        return section.section("measured")
+    path = Path(section.str("measured"))
+    if not path.is_absolute() and section.file:
+        path = Path(section.file).parent / path
+    if not path.is_file():
+        raise section.error(f"measured file {str(path)!r} does not exist", "measured")
+    doc = read_section(path)
+    doc.check_keys({"measured", "meta"})
+    return doc.section("measured")
+
+
 def apply_measured(section: Section, operators: Sequence[Operator]) -> tuple[Operator, ...]:
     """Lay ``section["measured"]`` over ``operators``; later patterns win over earlier ones."""
-    if "measured" not in section:
+    table = measured_table(section)
+    if table is None:
         return tuple(operators)
-    table = section.section("measured")
     by_name = {op.name: op for op in operators}
     for pattern in table.keys():
         names = [name for name in by_name if fnmatchcase(name, pattern)]
@@ -108,8 +128,8 @@ def check_device_types(model: Section, graph: OperatorGraph, cluster: Cluster) -
     """Refuse measured times keyed by a device type that no device in ``cluster`` has."""
     types = {d.type for d in cluster.devices}
     known = ", ".join(sorted(types))
-    if "measured" in model:
-        table = model.section("measured")
+    table = measured_table(model)
+    if table is not None:
         for pattern in table.keys():
             for key in _unknown(table.section(pattern).keys(), types):
                 raise table.section(pattern).error(f"no device of type {key!r} in the cluster (types: {known})", key)

@@ -74,3 +74,14 @@ def test_the_cli_says_it_in_one_line(tmp_path):
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "H100" in lines[0] and "measured" in lines[0] and "Traceback" not in run.stderr
+
+
+def test_a_measured_file_is_read_relative_to_the_scenario(tmp_path):
+    (tmp_path / "h100.measured.yaml").write_text(yaml.safe_dump({"meta": {"by": "test"}, "measured": {"L*.attn": {"*": {"F": 4.0}}}}))
+    data = {"model": {**SMALL, "measured": "h100.measured.yaml"}, "cluster": {"profile": "h100-sxm"}, "workload": {"micro_batches": 1}}
+    problem = scenario_from_dict(data, tmp_path / "s.yaml").problem
+    assert problem.duration(Task("L1.attn", 0, "F"), problem.cluster.devices[0]) == pytest.approx(4e-3)
+    data["model"]["measured"] = "missing.yaml"
+    with pytest.raises(InputError) as info:
+        scenario_from_dict(data, tmp_path / "s.yaml")
+    assert info.value.field == "model.measured" and "does not exist" in info.value.message
