@@ -291,6 +291,23 @@ class _Replay:
             if event is not None:
                 event.succeed()
 
+    def _send(self, entry: Entry, held: list, device: str) -> None:
+        """Deliver a finished slot's outputs, and those an earlier ``send_after_next`` slot held.
+
+        A ``send_after_next`` slot hands its activations to its own device at once and
+        keeps its sends for the end of the next slot (DualPipe's reference send points).
+        """
+        if entry.send_after_next:
+            for task in entry.tasks:
+                self._deliver(task, device, "local")
+            held.extend(entry.tasks)
+            return
+        for task in held:
+            self._deliver(task, device, "remote")
+        held.clear()
+        for task in entry.tasks:
+            self._deliver(task, device)
+
     # -- streams ---------------------------------------------------------------------------
     def _inputs(self, entry: Entry) -> list[_Key]:
         """Keys of the tensors ``entry`` waits for, in a fixed order (outputs of its own
@@ -373,16 +390,7 @@ class _Replay:
             if freed > 0:
                 free(device, freed)
             executed.append(Executed(device, stream, entry, start, env.now))
-            if entry.send_after_next:  # activations stay local at once; sends wait a slot
-                for task in tasks:
-                    deliver(task, device, "local")
-                held.extend(tasks)
-                continue
-            for task in held:
-                deliver(task, device, "remote")
-            for task in tasks:
-                deliver(task, device)
-            held.clear()
+            self._send(entry, held, device)
         for task in held:
             deliver(task, device, "remote")
         state.position = len(state.entries)
