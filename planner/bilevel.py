@@ -99,7 +99,7 @@ def _builtin_candidates(scenario: Scenario, limits: Mapping[str, float]) -> list
             continue
         if timeline.violations:
             continue
-        peaks = {d: max(level for _, level in samples) for d, samples in timeline.memory.items()}
+        peaks = {d: level for d, (_, level) in timeline.memory_peaks().items()}
         if all(peaks[d] <= limits[d] * (1 + 1e-9) for d in peaks):
             out.append((name, schedule))
     return out
@@ -240,7 +240,7 @@ def plan(
     )
     timeline = replay(problem, schedule)
     if timeline.violations:
-        raise InfeasibleError("the planned schedule failed its replay: " + timeline.violations[0], file=scenario.file)
+        raise InfeasibleError("the planned schedule failed its replay: " + timeline.violations[0].message, file=scenario.file)
     return PlanResult(
         schedule=schedule,
         timeline=timeline,

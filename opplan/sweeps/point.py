@@ -142,7 +142,7 @@ def metrics_of(report: Report, tasks: int) -> dict[str, float | int]:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ScheduleRejected):
-        shown = "; ".join(exc.violations[:3])
+        shown = "; ".join(v.message for v in exc.violations[:3])
         more = f" (and {len(exc.violations) - 3} more)" if len(exc.violations) > 3 else ""
         return f"schedule rejected: {shown}{more}"
     if isinstance(exc, OpplanError):
@@ -164,7 +164,7 @@ def run_point(job: PointJob) -> dict[str, Any]:
         if timeline.violations:
             row["status"] = "invalid"
             more = len(timeline.violations) - 1
-            row["error"] = timeline.violations[0] + (f" (and {more} more)" if more else "")
+            row["error"] = timeline.violations[0].message + (f" (and {more} more)" if more else "")
         else:
             row["status"] = "ok"
     except NotApplicable as exc:
