@@ -55,7 +55,18 @@ _generated: dict[tuple, Schedule | InputError] = {}
 
 
 def generate(name: str, scenario: Scenario, **options: Any) -> Schedule:
-    """The schedule ``name`` for ``scenario``; ``options`` override its ``pipeline:`` settings."""
+    """The schedule ``name`` for ``scenario``; ``options`` override its ``pipeline:`` settings.
+
+    ZB-H1 against 1F1B in DualPipe's setting (8 stages, 20 micro-batches, F = B = W = 1 ms):
+
+    >>> from simulator.engine import replay
+    >>> from simulator.scenario import load_scenario
+    >>> scenario = load_scenario("scenarios/dualpipe-8x20.yaml")
+    >>> for name in ("1f1b", "zb-h1"):
+    ...     print(name, round(replay(scenario.problem, generate(name, scenario)).makespan * 1e3, 9))
+    1f1b 81.0
+    zb-h1 67.0
+    """
     generator = SCHEDULES.get(name)
     if generator is None:
         raise InputError(f"unknown schedule {name!r} (built in: {', '.join(SCHEDULES)})", field="schedule")
