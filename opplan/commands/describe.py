@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opplan.commands.common import scenario_argument
+from opplan.commands.memory_table import memory_table
 from simulator.graph import KINDS, OperatorGraph
 from simulator.problem import Problem, Task
 from simulator.report import fmt_bytes, fmt_ms
@@ -212,3 +213,5 @@ def describe(scenario: Path) -> None:
     console.print(_by_kind(problem.graph))
     console.print(_path_text(critical_path(problem)))
     console.print(_groups(problem.graph))
+    if (memory := memory_table(loaded)) is not None:
+        console.print(memory)
