@@ -138,6 +138,10 @@ def test_experts_must_divide_over_ep():
         scenario_from_dict(doc, "moe.yaml")
 
 
+def test_zero_accepts_fsdp_as_stage_3():
+    assert scenario_from_dict(scenario({"zero": "fsdp"}), "ok.yaml").parallel.zero == 3
+
+
 def test_uneven_stages_are_accepted_when_listed():
     loaded = scenario_from_dict(scenario({"pp": 4, "stage_layers": [1, 2, 2, 1]}, {"layers": 6}), "ok.yaml")
     assert loaded.parallel.layers_per_stage(6) == (1, 2, 2, 1)
