@@ -169,6 +169,9 @@ class Layout:
                 " Megatron carves expert parallelism out of data x context parallelism",
                 field="parallel.ep",
             )
+        if not self.order.endswith("pp") and self.pp > 1 and self.expert_dp != self.dp:
+            raise InputError(f"with pp > 1 and pp not last in the order, Megatron needs the same data-parallel size for dense and"
+                             f" expert layers (dp {self.dp}, expert dp {self.expert_dp})", field="parallel.order")
         step = self.dp * self.micro_batch_size
         if self.global_batch_size % step:
             raise InputError(
@@ -312,6 +315,8 @@ def _recompute(section: Section, default: str) -> tuple[str, tuple[RecomputeRang
         bounds = item.list("layers")
         if len(bounds) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in bounds) or bounds[0] >= bounds[1]:
             raise item.error(f"expected [first, stop) with 0 <= first < stop, got {bounds!r}", "layers")
+        if any(r.first < bounds[1] and bounds[0] < r.stop for r in ranges):
+            raise item.error(f"layer range {bounds!r} overlaps an earlier one", "layers")
         ranges.append(RecomputeRange(bounds[0], bounds[1], item.str("mode", choices=RECOMPUTE_MODES)))
     return "none", tuple(ranges)
 
