@@ -266,6 +266,23 @@ class Layout:
             stride *= sizes[a]
         raise ValueError(f"unknown axis {axis!r}")
 
+    def rank_of(self, **coords: int) -> int:
+        """The rank at the given dense coordinates (``tp``, ``cp``, ``dp``, ``pp``; others 0).
+
+        >>> Layout(dp=2, tp=2, pp=4, global_batch_size=2).rank_of(tp=1, pp=3)
+        13
+        """
+        sizes = self._sizes(expert=False)
+        rank, stride = 0, 1
+        for axis in self.order.split("-"):
+            index = coords.pop(axis, 0)
+            if not 0 <= index < sizes[axis]:
+                raise ValueError(f"{axis} index {index} outside 0..{sizes[axis] - 1}")
+            rank, stride = rank + index * stride, stride * sizes[axis]
+        if coords:
+            raise ValueError(f"unknown axis {sorted(coords)[0]!r}")
+        return rank
+
     # -- pipeline stages -------------------------------------------------------------------
     def stages_of(self, pp_rank: int) -> tuple[int, ...]:
         """The (virtual) stages pipeline rank ``pp_rank`` holds, in model order.

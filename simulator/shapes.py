@@ -26,11 +26,11 @@ A LLaMA layer (RMSNorm, SwiGLU, no dropout, flash attention) gets
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from simulator.costs import TOKEN_ID_BYTES, Cost
+from simulator.costs import Cost
 
-__all__ = ["LayerMemory", "Tower", "ModelShape", "gpt_layer", "block", "token_ids"]
+__all__ = ["LayerMemory", "Tower", "ModelShape", "gpt_layer", "gpt_model", "block"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,29 @@ def gpt_layer(seq_len: int, hidden: int, heads: int) -> LayerMemory:
     )
 
 
+def gpt_model(layers: int, seq_len: int, hidden: int, heads: int, vocab: int, micro_batch_size: int = 1) -> ModelShape:
+    """A GPT-3-shaped model as Megatron-LM's theoretical-memory report counts it.
+
+    ``megatron/training/theoretical_memory_usage.py``: the embedding keeps the int64
+    token ids (``8 s b``) and its dropout mask (``s b h``); the output layer and loss keep
+    ``4 s b h (1 + V / h)`` bytes (the final LayerNorm's and the output projection's
+    inputs, fp32 logits); embeddings are tied, so the head adds no parameters (Megatron's
+    most-loaded-shard count leaves the last stage's copy out too).
+
+    >>> round(gpt_model(96, 2048, 12288, 96, 51200).params / 1e9, 1)  # GPT-3 175B
+    174.6
+    """
+    s, h, v = seq_len, hidden, vocab
+    return ModelShape(
+        layers=tuple(replace(gpt_layer(s, h, heads), name=f"L{i}") for i in range(layers)),
+        pre=LayerMemory(name="embed", tp_params=v * h, outside=8 * s + s * h, input=8 * s),
+        post=LayerMemory(name="head", replicated_params=2 * h, outside=4 * s * h, inside=4 * s * v, input=2 * s * h),
+        towers=(Tower("model", h, heads, heads, 4 * h),),
+        seq_len=s,
+        micro_batch_size=micro_batch_size,
+    )
+
+
 def block(name: str, cost: Cost, *, outside: float, input_bytes: float, replicated: float, score: float = 0.0, expert: Cost | None = None,
           expert_outside: float = 0.0) -> LayerMemory:
     """A layer from the cost pieces of its blocks (one sample's tokens).
@@ -132,8 +155,3 @@ def block(name: str, cost: Cost, *, outside: float, input_bytes: float, replicat
         input=input_bytes,
         weight_inputs=cost.weight_inputs + expert.weight_inputs,
     )
-
-
-def token_ids(tokens: float) -> LayerMemory:
-    """What an embedding lookup keeps: the int64 token ids."""
-    return LayerMemory(name="ids", outside=tokens * TOKEN_ID_BYTES)

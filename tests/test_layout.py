@@ -74,6 +74,8 @@ def test_groups_partition_the_ranks_and_match_coordinates(sizes, order):
         assert all(len(g) == sizes[axis] for g in groups)
         for group in groups:
             assert [layout.coordinate(r, axis) for r in group] == list(range(sizes[axis]))
+    for rank in ranks:
+        assert layout.rank_of(**{a: layout.coordinate(rank, a) for a in ("tp", "cp", "dp", "pp")}) == rank
 
 
 def test_interleaved_and_dualpipe_stages():

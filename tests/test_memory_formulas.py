@@ -28,7 +28,7 @@ from simulator.memory_model import (
     zero_model_states,
 )
 from simulator.model_shapes import model_shape
-from simulator.shapes import gpt_layer
+from simulator.shapes import gpt_layer, gpt_model
 from simulator.yamlio import Section
 
 # -- ZeRO -----------------------------------------------------------------------------------
@@ -166,6 +166,16 @@ def test_experts_split_over_ep_and_shard_over_expert_dp():
     assert layout.expert_dp == 2
 
 
+def test_dualpipe_holds_two_stages_and_p_plus_1_chunks():
+    """DualPipe README: 2x parameters and p + 1 micro-batches' activations per device."""
+    shape = model_shape("transformer", LLAMA7B)
+    one = rank_memory(shape, Layout(pp=4, global_batch_size=8), 1)
+    dual = rank_memory(shape, Layout(pp=4, schedule="dualpipe", global_batch_size=8), 1)
+    assert dual.stages == (1, 2) and dual.layers == 2 * one.layers
+    assert dual.params == pytest.approx(2 * one.params)
+    assert dual.in_flight == 5 and dual.activations == pytest.approx(5 * one.activations / one.in_flight)
+
+
 def test_inference_needs_weights_only():
     shape = model_shape("transformer", LLAMA7B)
     memory = rank_memory(shape, Layout(tp=2, dp=4, zero=3, global_batch_size=4), 0, training=False)
@@ -189,3 +199,41 @@ def test_recompute_per_layer_range():
     layer = shape.layers[0]
     saved = rank_memory(shape, keep_all, 0).activations - rank_memory(shape, first_half_full, 0).activations
     assert saved == 16 * (layer.activations - layer.input)
+
+
+# -- Megatron-LM's theoretical memory report, GPT-3 175B ------------------------------------
+def megatron_activations(s, b, h, ffn, vocab, layers, t, p, m, v=None):
+    """``compute_activation_memory`` (sequence parallel + selective recompute), first stage,
+    without its final 5% allowance: Korthikanti's per-layer bytes on all L layers, the
+    embedding's ids and dropout mask for p micro-batches, the interleaved penalty, the
+    output layer when p = 1, all divided by t."""
+    act = s * b * h * (18 + 4 * ffn / h) * layers + 8 * s * b * p + s * b * h * p
+    if v is not None:
+        act *= 1 + (p - 1) / (p * v)
+    elif p > 1:
+        act *= min(1, m / p)
+    if p == 1:
+        act += s * b * h * 4 * (1 + vocab / h)
+    return act / t
+
+
+@pytest.mark.parametrize(
+    ("t", "p", "v", "m", "b"),
+    [(8, 16, None, 64, 1), (8, 8, None, 4, 1), (8, 4, 3, 64, 1), (8, 8, 2, 16, 2), (8, 1, None, 8, 1), (4, 1, None, 8, 2)],
+)
+def test_first_stage_activations_match_megatrons_report(t, p, v, m, b):
+    shape = gpt_model(96, 2048, 12288, 96, 51200, micro_batch_size=b)
+    schedule = {"schedule": "interleaved", "vpp": v} if v else {}
+    layout = Layout(tp=t, pp=p, sequence_parallel=True, recompute="selective", micro_batch_size=b, global_batch_size=m * b, **schedule)
+    expected = megatron_activations(2048, b, 12288, 4 * 12288, 51200, 96, t, p, m, v)
+    assert rank_memory(shape, layout, 0, training=True).activations == pytest.approx(expected, rel=1e-12)
+
+
+def test_first_stage_parameters_are_megatrons_most_loaded_shard_plus_biases():
+    """Megatron counts ``(L/p) 12 h^2 / t + V h / t + (L/p) 4 h`` on the first stage (no linear
+    biases); the GPT layer here also has 7h of split and 2h of replicated biases."""
+    h, layers, t, p, vocab = 12288, 96, 8, 16, 51200
+    shape = gpt_model(layers, 2048, h, 96, vocab)
+    memory = rank_memory(shape, Layout(tp=t, pp=p, global_batch_size=p), 0)
+    megatron = (layers / p) * 12 * h * h / t + vocab * h / t + (layers / p) * 4 * h
+    assert memory.params == pytest.approx(megatron + (layers / p) * (7 * h / t + 2 * h), rel=1e-12)
