@@ -117,6 +117,14 @@ class Layout:
     ``zero``: 0 plain data parallel, 1 optimizer states sharded over ``dp x cp``
     (Megatron's distributed optimizer), 2 + gradients, 3 + parameters (FSDP full shard).
     ``vpp``: virtual pipeline stages per rank (``interleaved-1f1b`` only).
+    ``recompute`` applies to every layer outside ``recompute_ranges``. ``global_batch_size``
+    0 means one micro-batch per replica (``dp x micro_batch_size``). ``stage_layers``: layers
+    per (virtual) stage when not an even split. Every check raises an :class:`InputError`
+    naming ``parallel.<field>``, so presets built in code are validated like files.
+
+    >>> fsdp = Layout(dp=8, zero=3, global_batch_size=64)
+    >>> fsdp.world_size, fsdp.micro_batches, fsdp.groups("dp")
+    (8, 8, ((0, 1, 2, 3, 4, 5, 6, 7),))
     """
 
     dp: int = 1

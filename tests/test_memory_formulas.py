@@ -237,3 +237,22 @@ def test_first_stage_parameters_are_megatrons_most_loaded_shard_plus_biases():
     memory = rank_memory(shape, Layout(tp=t, pp=p, global_batch_size=p), 0)
     megatron = (layers / p) * 12 * h * h / t + vocab * h / t + (layers / p) * 4 * h
     assert memory.params == pytest.approx(megatron + (layers / p) * (7 * h / t + 2 * h), rel=1e-12)
+
+
+@given(params=st.integers(1, 10**12), dp=st.integers(1, 1024))
+def test_zero_stages_only_shrink_and_shards_add_up(params, dp):
+    stages = [zero_model_states(params, dp, z) for z in (0, 1, 2, 3)]
+    assert all(a.total >= b.total for a, b in zip(stages, stages[1:]))
+    assert stages[3].total * dp == pytest.approx(stages[0].total)
+
+
+def test_model_recompute_flag_is_the_layouts_default():
+    from simulator.scenario import scenario_from_dict
+
+    doc = {
+        "model": {"type": "transformer", "layers": 2, "hidden": 256, "heads": 4, "ffn": 1024, "seq_len": 128, "recompute": True},
+        "cluster": {"devices": 2, "device": {"memory_gb": 80, "peak_tflops": 100}, "interconnect": "ideal"},
+        "workload": {"micro_batches": 2},
+        "parallel": {"dp": 2},
+    }
+    assert scenario_from_dict(doc, "r.yaml").parallel.recompute == "full"
