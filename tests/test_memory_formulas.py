@@ -256,3 +256,18 @@ def test_model_recompute_flag_is_the_layouts_default():
         "parallel": {"dp": 2},
     }
     assert scenario_from_dict(doc, "r.yaml").parallel.recompute == "full"
+
+
+@pytest.mark.parametrize("name", ["llama7b-8xh100.yaml", "deepseek-moe-h800.yaml", "two-tower-h100.yaml"])
+def test_shapes_agree_with_the_operator_graph(name):
+    """Per-rank memory and the replay's graph count the same parameters and activations."""
+    from pathlib import Path
+
+    from simulator.scenario import load_scenario
+
+    loaded = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / name)
+    shape = model_shape(loaded.model_config["type"], Section(dict(loaded.model_config)))
+    graph = loaded.problem.graph
+    per_sample = sum(layer.activations for layer in (*shape.layers, shape.pre, shape.post))
+    assert shape.params == graph.total("params")
+    assert per_sample * shape.micro_batch_size == pytest.approx(graph.total("activation_bytes"), rel=1e-12)
