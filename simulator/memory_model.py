@@ -149,7 +149,10 @@ def in_flight(schedule: str, pp: int, pp_rank: int, micro_batches: int, vpp: int
       Megatron's ``1 + (p - 1) / (p v)`` penalty;
     - ``zb-h1``: ``(p - r) M_B + r M_W``, ``zb-h2``: ``(2p - 2r - 1) M_B + 2r M_W``
       (Qi et al. 2024, section 3; ``M_W`` = what W still needs after B);
-    - ``dualpipe`` / ``dualpipev``: ``S + 1`` chunks for ``S`` stages (DualPipe README table).
+    - ``dualpipe`` / ``dualpipev``: ``S + 1`` chunks for ``S`` stages (DualPipe README table);
+      on every rank, as a walk of DualPipe's eight phases shows: the warm-up leaves
+      ``2(N - h - 1) + 2(h + 1) = S`` chunks, each overlapped ``F0B1F1B0`` step adds one
+      before its backward frees one.
 
     Never more than the micro-batches of a step (``m`` chunks, ``m v`` interleaved).
 
