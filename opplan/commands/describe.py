@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opplan.commands.common import scenario_argument
+from opplan.commands.memory_table import memory_table
 from simulator.graph import KINDS, OperatorGraph
 from simulator.paths import CriticalPath, critical_path, operator_kind
 from simulator.problem import Problem
@@ -153,3 +154,5 @@ def describe(scenario: Path) -> None:
     console.print(_by_kind(problem.graph))
     console.print(_path_text(critical_path(problem)))
     console.print(_groups(problem.graph))
+    if (memory := memory_table(loaded)) is not None:
+        console.print(memory)
