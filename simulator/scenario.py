@@ -22,7 +22,9 @@ from types import MappingProxyType
 from typing import Any
 
 from simulator.errors import InputError
+from simulator.layout import Layout
 from simulator.measured import check_device_types
+from simulator.memory_model import read_parallel
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
@@ -54,6 +56,8 @@ class Scenario:
     pipeline: Mapping[str, Any] = field(default_factory=dict)
     #: The model section as written (builders' settings, for reports).
     model_config: Mapping[str, Any] = field(default_factory=dict)
+    #: The ``parallel:`` layout (dp, tp, pp, ...), validated; not yet read by the replay.
+    parallel: Layout | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline", MappingProxyType(dict(self.pipeline)))
@@ -83,7 +87,19 @@ def _objective(section: Section) -> Objective:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate a scenario file."""
+    """Load and validate a scenario file (paths in it are relative to its folder).
+
+    The library's front door: the scenario holds the :class:`~simulator.problem.Problem`
+    (graph, cluster, workload) that :func:`simulator.engine.replay` and the planner take.
+
+    >>> scenario = load_scenario("scenarios/pipeline-4x8.yaml")
+    >>> scenario.name, len(scenario.problem.graph), scenario.problem.workload.micro_batches
+    ('pipeline-4x8', 4, 8)
+    >>> scenario.problem.cluster.device_names
+    ('gpu0', 'gpu1', 'gpu2', 'gpu3')
+    >>> scenario.schedule_file.name
+    'pipeline-4x8.gpipe.json'
+    """
     path = Path(path)
     return scenario_from_section(read_section(path), path)
 
@@ -100,7 +116,7 @@ def scenario_from_dict(data: dict, path: str | Path) -> Scenario:
 
 
 def scenario_from_section(doc: Section, path: Path) -> Scenario:
-    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline"})
+    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline", "parallel"})
     base_dir = path.parent
     try:
         graph = build_model(doc.section("model"), base_dir)
@@ -132,4 +148,5 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
         schedule_file=schedule_file,
         pipeline=pipeline.data,
         model_config=doc.section("model").data,
+        parallel=read_parallel(doc, cluster, workload.mode == "training"),
     )

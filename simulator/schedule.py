@@ -40,7 +40,7 @@ from simulator.errors import InputError
 from simulator.problem import Task, parse_task
 from simulator.yamlio import load_document
 
-__all__ = ["Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_to_dict"]
+__all__ = ["Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_text", "schedule_to_dict"]
 
 FORMAT = "opplan-schedule/1"
 
@@ -66,7 +66,8 @@ class Entry:
             raise ValueError("an overlapped entry needs at least two tasks")
 
     @property
-    def task(self) -> Task:
+    def first(self) -> Task:
+        """The first task (the overlapped one of an ``overlap`` group; the only one of a single task)."""
         return self.tasks[0]
 
     def __str__(self) -> str:
@@ -193,9 +194,9 @@ def _entry_to_json(entry: Entry) -> Any:
     if len(entry.tasks) > 1:
         out: dict[str, Any] = {"overlap" if entry.overlap else "fused": [str(t) for t in entry.tasks]}
     elif entry.start is None and not entry.send_after_next:
-        return str(entry.task)
+        return str(entry.first)
     else:
-        out = {"task": str(entry.task)}
+        out = {"task": str(entry.first)}
     if entry.start is not None:
         out["start"] = entry.start
     if entry.send_after_next:
@@ -212,11 +213,14 @@ def schedule_to_dict(schedule: Schedule) -> dict:
     }
 
 
+def schedule_text(schedule: Schedule, path: str | Path) -> str:
+    """The schedule document as ``path`` wants it: JSON (``.json``) or YAML (anything else)."""
+    doc = schedule_to_dict(schedule)
+    if Path(path).suffix == ".json":
+        return json.dumps(doc, indent=1) + "\n"
+    return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
 def save_schedule(schedule: Schedule, path: str | Path) -> None:
     """Write JSON (``.json``) or YAML (anything else)."""
-    path = Path(path)
-    doc = schedule_to_dict(schedule)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(doc, indent=1) + "\n")
-    else:
-        path.write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
+    Path(path).write_text(schedule_text(schedule, path))

@@ -161,6 +161,11 @@ class Settings:
         """Bytes per activation element."""
         return ELEMENT_BYTES[self.precision]
 
+    @property
+    def flash_attention(self) -> bool:
+        """A fused attention kernel (no ``s^2`` probabilities kept), i.e. not the math path."""
+        return ATTENTION_KERNELS[self.attention_kernel].fused
+
 
 SETTING_KEYS = frozenset(_SETTING_DEFAULTS) | {"measured", "name", "type", "flash_attention"}
 
