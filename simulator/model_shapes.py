@@ -43,7 +43,8 @@ def _pre_post(s: Settings, hidden: int, vocab: int) -> tuple[LayerMemory, LayerM
     t, e = s.seq_len, s.elem
     ids = embedding(t, vocab, hidden)
     pre = block("embed", ids, outside=ids.saved, input_bytes=ids.saved, replicated=0)
-    post = block("head", head_cost(t, hidden, vocab, e, norm_style=s.norm), outside=2 * t * hidden * e, input_bytes=t * hidden * e, replicated=hidden)
+    head = head_cost(t, hidden, vocab, e, norm_style=s.norm)
+    post = block("head", head, outside=2 * t * hidden * e, input_bytes=t * hidden * e, replicated=hidden)
     return pre, post
 
 
