@@ -35,7 +35,7 @@ from simulator.yamlio import Section
 __all__ = ["profile_command"]
 
 
-def _measure_rows(model: Section, device: str, tp: int, repeats: int, warmup: int) -> tuple[dict, dict]:
+def _measure_rows(model: Section, device: str, tp: int, repeats: int, warmup: int, threads: int) -> tuple[dict, dict]:
     try:
         import torch
     except ImportError:
@@ -45,7 +45,7 @@ def _measure_rows(model: Section, device: str, tp: int, repeats: int, warmup: in
     from opplan.profile.run import pick_device, run_items
 
     items = profile_items(model, tp)
-    target = pick_device(device)
+    target = pick_device(device, threads)
     precision = str(model.raw("precision", "bf16"))
     results = run_items(items, target, precision, repeats=repeats, warmup=warmup)
     rows = {
@@ -55,6 +55,7 @@ def _measure_rows(model: Section, device: str, tp: int, repeats: int, warmup: in
     }
     name = torch.cuda.get_device_name(target) if target.type == "cuda" else "cpu"
     meta = {"source": "measured", "device": name, "torch": str(torch.__version__), "tp": tp, "repeats": repeats, "warmup": warmup,
+            "cpu_threads": torch.get_num_threads() if target.type == "cpu" else None,
             "method": "F; B = autograd.grad(out, [x]); W = full - B; activations from saved_tensors_hooks (median times)"}
     return rows, meta
 
@@ -96,9 +97,10 @@ def _print(rows: dict, device_type: str) -> None:
 @click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="tensor-parallel ranks (one rank's share)")
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=8, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads (--device cpu)")
 @click.option("--device-type", help="device type to key the times by (default: see the command's help)")
 def profile_command(scenario: Path, output: Path, device: str, trace: Path | None, maps: tuple[str, ...], tp: int,
-                    repeats: int, warmup: int, device_type: str | None) -> None:
+                    repeats: int, warmup: int, threads: int, device_type: str | None) -> None:
     """Measure the scenario's operators (or import a trace) into a measured: file."""
     loaded = load_scenario(scenario)
     model = Section(dict(loaded.model_config), file=str(scenario), path="model")
@@ -106,7 +108,7 @@ def profile_command(scenario: Path, output: Path, device: str, trace: Path | Non
     if trace is not None:
         rows, meta = _trace_rows(trace, maps, operators)
     else:
-        rows, meta = _measure_rows(model, device, tp, repeats, warmup)
+        rows, meta = _measure_rows(model, device, tp, repeats, warmup, threads)
     if device_type is None:
         device_type = "cpu" if trace is None and device == "cpu" else loaded.problem.cluster.devices[0].type
     meta["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

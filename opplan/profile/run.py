@@ -19,11 +19,17 @@ class Result:
     measurement: Measurement
 
 
-def pick_device(name: str) -> torch.device:
-    """``cuda`` (the first GPU) or ``cpu``; a missing GPU is a one-line error."""
+def pick_device(name: str, cpu_threads: int = 1) -> torch.device:
+    """``cuda`` (the first GPU) or ``cpu``; a missing GPU is a one-line error.
+
+    On a CPU, intra-op threads are limited to ``cpu_threads``: on a shared machine an
+    oversubscribed thread pool turns sub-millisecond kernels into tens of milliseconds.
+    """
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("no CUDA GPU is visible to PyTorch here; measure on a GPU machine, or use --device cpu with a small model",
                          field="--device")
+    if name == "cpu":
+        torch.set_num_threads(cpu_threads)
     return torch.device(name)
 
 
