@@ -31,6 +31,8 @@ MEASURED_SAVED_MIB = {
 MEASURED_SEPARATE_QKV_ATTENTION_MIB = 192.5
 #: "W needs each linear's input X and its output gradient dY": attention 64 + 128, MLP 118 + 204, head 32 + 250.
 MEASURED_RETAINED_MIB = {"attention": 64 + 128, "mlp": 118 + 204, "head": 32 + 250}
+#: "The head's forward also has a transient peak ~1.25-1.35 GiB above baseline (fp32 logits)."
+MEASURED_HEAD_PEAK_GIB = (1.25, 1.35)
 #: The embedding's forward is one 67 MB gather measured at 0.04-0.05 ms; a single tiny kernel's
 #: CUDA-event time is mostly host latency, so it is held to an absolute bound instead.
 EMBEDDING_FORWARD_SLACK_MS = 0.015
@@ -92,3 +94,11 @@ def test_other_shapes_follow_the_roofline_not_a_table(h100):
 
     short, long = (attention_core(1, 32, s, s, 128, 128, 2).work["F"]["attention.cudnn"] for s in (4096, 8192))
     assert long == 4 * short
+
+
+def test_the_heads_fp32_logits_are_a_transient_peak_of_the_measured_size():
+    from simulator.models.transformer import head_cost
+
+    workspace = head_cost(4096, 4096, 32000, 2).workspace / 2**30  # bf16 logits + fp32 copy + log-probabilities
+    low, high = MEASURED_HEAD_PEAK_GIB
+    assert 0.95 * low <= workspace <= high
