@@ -73,11 +73,11 @@ def _workload(section: Section) -> Workload:
 
 def _objective(section: Section) -> Objective:
     section.check_keys({"minimize", "memory_limit_gb", "time_limit_s"})
-    limit = section.number("memory_limit_gb", None, strictly_positive=True) if "memory_limit_gb" in section else None
+    limit = section.number("memory_limit_gb", None, minimum=1e-3, maximum=1e6) if "memory_limit_gb" in section else None
     return Objective(
         minimize=section.str("minimize", "makespan", choices=OBJECTIVES),
         memory_limit_bytes=limit * 1e9 if limit is not None else None,
-        time_limit_s=section.number("time_limit_s", 60.0, strictly_positive=True),
+        time_limit_s=section.number("time_limit_s", 60.0, minimum=1.0, maximum=1e6),
     )
 
 

@@ -9,40 +9,204 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from simulator.errors import InputError
+from simulator.limits import current_limits, fmt_count
+from simulator.reading import read_input_text
 
-__all__ = ["Section", "load_document", "read_section"]
+__all__ = ["Section", "load_document", "parse_document", "read_section", "show"]
 
 _MISSING = object()
+#: No figure in a scenario is anywhere near this (a whole training step is ~1e18 FLOPs);
+#: past it, sums over millions of tasks could overflow to ``inf``.
+ABSURD = 1e30
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class DocumentRefused(Exception):
+    """Raised inside parsing for what the limits or the rules refuse; becomes an :class:`InputError`."""
+
+    def __init__(self, message: str, line: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.message, self.line, self.field = message, line, field
+
+
+class _Composer(yaml.composer.Composer):
+    """PyYAML's composer with two guards, checked as the document is composed: nesting depth,
+    and the number of values once aliases are expanded (a "billion laughs" document is a few
+    hundred bytes that expand to 10^9 values; it is refused at the first alias past the limit,
+    before anything is constructed or copied)."""
+
+    _depth = 0
+    _count = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        limits = current_limits()
+        self._depth += 1
+        try:
+            if self._depth > limits.max_depth:
+                raise DocumentRefused(f"nested more than {limits.max_depth} levels deep", self._line())
+            sizes = self.__dict__.setdefault("_sizes", {})
+            if self.check_event(yaml.AliasEvent):
+                line = self._line()
+                node = super().compose_node(parent, index)
+                if id(node) not in sizes:
+                    raise DocumentRefused("an alias refers to a node that contains it (a recursive document)", line)
+                self._grow(sizes[id(node)], limits.max_nodes, line)
+                return node
+            before = self._count
+            self._grow(1, limits.max_nodes, None)
+            node = super().compose_node(parent, index)
+            sizes[id(node)] = self._count - before
+            return node
+        finally:
+            self._depth -= 1
+
+    def _line(self) -> int:
+        return self.peek_event().start_mark.line + 1
+
+    def _grow(self, values: int, limit: int, line: int | None) -> None:
+        self._count += values
+        if self._count > limit:
+            hint = "aliases expand it to" if line is not None else "it has"
+            raise DocumentRefused(f"{hint} more than {fmt_count(limit)} values (the limit for one document)", line or self._line())
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    """Safe construction that refuses a key written twice in one mapping (merge keys ``<<`` aside)."""
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict:
+        if isinstance(node, MappingNode) and id(node) not in self.__dict__.setdefault("_checked", set()):
+            self._checked.add(id(node))
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, ScalarNode) and key_node.tag != _MERGE:
+                    if (key_node.tag, key_node.value) in seen:
+                        raise DocumentRefused(f"duplicate key {key_node.value[:60]!r}", key_node.start_mark.line + 1,
+                                              key_node.value[:60])
+                    seen.add((key_node.tag, key_node.value))
+        return super().construct_mapping(node, deep)
+
+
+try:
+    from yaml.cyaml import CParser as _Parser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    _Parser = None
+
+
+class _Loader(_Composer, *((_Parser,) if _Parser else (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)),
+              _Constructor, yaml.resolver.Resolver):
+    """libyaml's parser (fast) when present, with the guarded composer and constructor above."""
+
+    def __init__(self, stream: str):
+        if _Parser is not None:
+            _Parser.__init__(self, stream)
+        else:  # pragma: no cover - PyYAML without libyaml
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        _Composer.__init__(self)
+        _Constructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+
+
+# YAML 1.1 reads ``1e9`` (no dot, no exponent sign) as a string; YAML 1.2 and every user read a number.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DocumentRefused(f"duplicate key {key[:60]!r}", None, key[:60])
+        out[key] = value
+    return out
+
+
+def _check_depth(data: Any, limit: int) -> None:
+    """Iteratively (no recursion) refuse a JSON document nested deeper than ``limit``."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                raise DocumentRefused(f"nested more than {limit} levels deep")
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+
+
+def parse_document(text: str, *, file: str, json_format: bool = False) -> Any:
+    """Parse YAML (or JSON) text under the limits; any failure is a one-line :class:`InputError`."""
+    try:
+        if json_format:
+            data = json.loads(text, object_pairs_hook=_json_object)
+            _check_depth(data, current_limits().max_depth)
+            return data
+        loader = _Loader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except DocumentRefused as exc:
+        where = f" at line {exc.line}" if exc.line else ""
+        raise InputError(f"refused{where}: {exc.message}", file=file, field=exc.field) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed JSON at line {exc.lineno}: {exc.msg}", file=file) from None
+    except yaml.YAMLError as exc:
+        raise InputError(_yaml_message(exc), file=file) from None
+    except RecursionError:
+        raise InputError("nested too deeply to read", file=file) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (Python's int-string limit)
+        text = str(exc)
+        reason = "a number with more than 4300 digits" if "digits" in text else text.splitlines()[0][:120]
+        raise InputError(f"unreadable value: {reason}", file=file) from None
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "syntax error"
+    return f"malformed YAML{where}: {' '.join(str(problem).split())}"
+
+
+def show(value: Any, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters, so an error message stays one short line.
+
+    >>> show(10**100)
+    '1000000000000000000000000000000000000000000000000000000000… (101 digits)'
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**width:
+        digits = len(str(abs(value)))
+        return f"{str(value)[:width - 2]}… ({digits} digits)"
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _float_hint(value: Any) -> str:
+    """YAML 1.1 reads ``1e9`` as text in some tools; say so when a string looks like a number."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return " (a quoted number? write it unquoted, e.g. 1.0e+9)"
+    return ""
 
 
 def load_document(path: str | Path) -> Any:
-    """Parse a YAML or JSON file; any failure becomes a one-line :class:`InputError`."""
+    """Read (see :mod:`simulator.reading`) and parse a YAML or JSON file (JSON by the ``.json`` suffix)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("file not found", file=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read file ({exc.strerror})", file=str(path)) from None
-    try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"malformed JSON at line {exc.lineno}: {exc.msg}", file=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise InputError(f"malformed YAML{where}: {problem}", file=str(path)) from None
+    text = read_input_text(path)
+    return parse_document(text, file=str(path), json_format=path.suffix == ".json")
 
 
 def read_section(path: str | Path) -> Section:
@@ -120,17 +284,17 @@ class Section:
     def str(self, key: str, default: Any = _MISSING, *, choices: Iterator[str] | None = None) -> str:
         value = self.raw(key, default)
         if not isinstance(value, str) or not value:
-            raise self.error(f"expected a non-empty string, got {value!r}", key)
+            raise self.error(f"expected a non-empty string, got {show(value)}", key)
         if choices is not None:
             options = list(choices)
             if value not in options:
-                raise self.error(f"unknown value {value!r} (expected one of: {', '.join(options)})", key)
+                raise self.error(f"unknown value {show(value)} (expected one of: {', '.join(options)})", key)
         return value
 
     def bool(self, key: str, default: Any = _MISSING) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
-            raise self.error(f"expected true or false, got {value!r}", key)
+            raise self.error(f"expected true or false, got {show(value)}", key)
         return value
 
     def number(
@@ -142,22 +306,36 @@ class Section:
         strictly_positive: bool = False,
         maximum: float | None = None,
     ) -> float:
+        """A finite number within ``[minimum, maximum]`` (``> 0`` if ``strictly_positive``).
+
+        Infinity, NaN and numbers too large for a float are refused whatever the range:
+        nothing physical is infinite, and one infinite time makes every figure downstream
+        ``inf`` or ``nan``.
+        """
         value = self.raw(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise self.error(f"expected a number, got {value!r}", key)
-        value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(f"expected a number, got {show(value)}{_float_hint(value)}", key)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise self.error(f"number too large ({len(str(abs(value)))} digits)", key) from None
+        if not math.isfinite(value):
+            raise self.error(f"expected a finite number, got {value}", key)
         if strictly_positive and value <= 0:
             raise self.error(f"must be positive, got {value:g}", key)
-        if minimum is not None and value < minimum:
-            raise self.error(f"must be at least {minimum:g}, got {value:g}", key)
-        if maximum is not None and value > maximum:
-            raise self.error(f"must be at most {maximum:g}, got {value:g}", key)
+        low = minimum if minimum is not None else -ABSURD
+        high = min(maximum, ABSURD) if maximum is not None else ABSURD
+        if not low <= value <= high:
+            if minimum is not None and maximum is not None:
+                raise self.error(f"must be between {minimum:g} and {maximum:g}, got {value:g}", key)
+            bound = f"at least {low:g}" if value < low else f"at most {high:g}"
+            raise self.error(f"must be {bound}, got {value:g}", key)
         return value
 
     def integer(self, key: str, default: Any = _MISSING, *, minimum: int | None = 0) -> int:
         value = self.raw(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"expected an integer, got {value!r}", key)
+            raise self.error(f"expected an integer, got {show(value)}", key)
         if minimum is not None and value < minimum:
-            raise self.error(f"must be at least {minimum}, got {value}", key)
+            raise self.error(f"must be at least {minimum}, got {show(value)}", key)
         return value

@@ -65,7 +65,7 @@ def _operator(item: Section) -> Operator:
             workspace_bytes=read_bytes(item, "workspace"),
             comm_bytes=read_bytes(item, "comm"),
             stream=item.str("stream", "compute", choices=("compute", "comm")),
-            group=item.raw("group", ""),
+            group=item.str("group") if "group" in item else "",
         )
     except InputError as exc:
         raise InputError(exc.message, file=item.file, field=item.path) from None
