@@ -22,6 +22,7 @@ limit                  default      what it bounds
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -64,9 +65,10 @@ def using_limits(limits: Limits | None = None, **changes: int) -> Iterator[Limit
 def fmt_count(value: int | float) -> str:
     """A count with space-separated thousands, as the messages print it; absurd ones in powers of ten.
 
-    >>> fmt_count(20_000_000), fmt_count(10**100)
-    ('20 000 000', '1e+100')
+    >>> fmt_count(20_000_000), fmt_count(10**100), fmt_count(10**4000)
+    ('20 000 000', '1e+100', 'about 1e+4000')
     """
-    if value >= 1e15:
-        return f"{float(value):.3g}"
+    if value >= 1e15:  # math.log10 takes integers of any size, float() does not
+        exponent = int(math.log10(value))
+        return f"{value / 10**exponent:.3g}e+{exponent}" if exponent < 300 else f"about 1e+{exponent}"
     return f"{int(value):,}".replace(",", " ")

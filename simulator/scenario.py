@@ -25,6 +25,7 @@ from simulator.errors import InputError
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
+from simulator.sizes import check_scenario_size, check_tasks
 from simulator.yamlio import Section, read_section
 
 __all__ = ["Objective", "Scenario", "load_scenario", "scenario_from_dict"]
@@ -100,6 +101,7 @@ def scenario_from_dict(data: dict, path: str | Path) -> Scenario:
 
 def scenario_from_section(doc: Section, path: Path) -> Scenario:
     doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline"})
+    size = check_scenario_size(doc.data, file=str(path))  # before building anything
     base_dir = path.parent
     try:
         graph = build_model(doc.section("model"), base_dir)
@@ -116,6 +118,8 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
             exc.field = f"cluster.{exc.field}" if exc.field and not exc.field.startswith("cluster") else exc.field
         raise
     workload = _workload(doc.section("workload"))
+    if size.operators is None:  # e.g. a graph read from its own file: count what was built
+        check_tasks(len(graph.operators), workload.micro_batches, len(workload.kinds), file=str(path), field="model")
     schedule_file = None
     if "schedule" in doc:
         schedule_file = base_dir / doc.str("schedule")

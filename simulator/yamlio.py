@@ -334,6 +334,8 @@ class Section:
 
     def integer(self, key: str, default: Any = _MISSING, *, minimum: int | None = 0) -> int:
         value = self.raw(key, default)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= 2**53:
+            value = int(value)  # ``micro_batches: 1e3`` means 1000
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(f"expected an integer, got {show(value)}", key)
         if minimum is not None and value < minimum:
