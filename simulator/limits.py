@@ -43,12 +43,13 @@ class Limits:
     max_points: int = 100_000
 
 
-_CURRENT: ContextVar[Limits] = ContextVar("opplan_limits", default=Limits())
+_DEFAULTS = Limits()
+_CURRENT: ContextVar[Limits | None] = ContextVar("opplan_limits", default=None)
 
 
 def current_limits() -> Limits:
     """The limits in force (the defaults unless a caller set others with :func:`using_limits`)."""
-    return _CURRENT.get()
+    return _CURRENT.get() or _DEFAULTS
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from simulator.scenario import Scenario, load_scenario
 from simulator.schedule import Schedule, load_schedule
 from simulator.trace import trace_events
 
-__all__ = ["FiniteFloat", "builtin_option", "limit_options", "scenario_argument", "load_inputs", "wrote", "write_reports"]
+__all__ = ["FiniteFloat", "builtin_option", "limit_callback", "limit_options", "scenario_argument", "load_inputs", "wrote", "write_reports"]
 
 scenario_argument = click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 builtin_option = click.option("--builtin", "builtin", metavar="NAME",
@@ -40,7 +40,9 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
-def _limit(name: str, scale: float = 1) -> Callable:
+def limit_callback(name: str, scale: float = 1) -> Callable:
+    """A click callback that raises limit ``name`` to the option's value (times ``scale``) for this run."""
+
     def callback(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
         if value is not None:
             ctx.with_resource(using_limits(**{name: int(value * scale)}))
@@ -58,7 +60,7 @@ def limit_options(command: Callable) -> Callable:
          f"refuse input files larger than this [default: {defaults.max_input_bytes / 1e6:g}]"),
     )
     for flag, name, kind, scale, text in reversed(options):
-        command = click.option(flag, type=kind, default=None, expose_value=False, is_eager=True, callback=_limit(name, scale),
+        command = click.option(flag, type=kind, default=None, expose_value=False, is_eager=True, callback=limit_callback(name, scale),
                                help=text)(command)
     return command
 

@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from opplan.commands.common import scenario_argument
+from opplan.commands.common import limit_options, scenario_argument
 from simulator.graph import KINDS, OperatorGraph
 from simulator.problem import Problem, Task
 from simulator.report import fmt_bytes, fmt_ms
@@ -201,6 +201,7 @@ def _path_text(path: CriticalPath) -> str:
 
 @click.command()
 @scenario_argument
+@limit_options
 def describe(scenario: Path) -> None:
     """Summarise a scenario's model: operators, parameters, FLOPs, memory, critical path, groups."""
     loaded = load_scenario(scenario)
