@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: str = ".4g") -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return format(value * scale, digits)
 

@@ -23,7 +23,7 @@ from rich.table import Table
 from planner.schedules import available, generate
 from simulator.engine import replay
 from simulator.metrics import build_report
-from simulator.report import fmt_bytes, fmt_ms
+from simulator.report import fmt_bytes, fmt_ms, fmt_percent
 from simulator.scenario import Scenario
 from simulator.schedule import Schedule
 
@@ -179,7 +179,7 @@ def render_comparison(rows: list[ComparisonRow], unavailable: Mapping[str, str] 
             _times(row.makespan_vs_best),
             fmt_ms(row.bubble),
             _times(row.bubble_vs_best),
-            f"{100 * row.bubble_ratio:.1f}",
+            fmt_percent(row.bubble_ratio),
             "-" if row.activation_microbatches is None else f"{row.activation_microbatches:.3g}",
             fmt_bytes(row.activation_bytes),
             _times(row.activation_vs_best),
