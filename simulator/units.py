@@ -11,6 +11,8 @@ absurd value such as ``1e308`` or ``.inf`` would otherwise come out as ``makespa
 
 from __future__ import annotations
 
+import math
+
 from simulator.yamlio import Section
 
 __all__ = ["read_bytes", "read_seconds", "read_bandwidth", "BYTE_UNITS", "TIME_UNITS"]
@@ -27,7 +29,7 @@ _KIND = {id(BYTE_UNITS): "bytes", id(TIME_UNITS): "seconds", id(BANDWIDTH_UNITS)
 
 def _in_range(section: Section, key: str, scale: float, kind: str) -> float:
     least, most = PHYSICAL_RANGES[kind]
-    value = section.number(key, minimum=None)
+    value = section.number(key, minimum=None, maximum=math.inf)  # the physical range below, with its unit
     if not least / scale <= value <= most / scale:
         unit = key.rsplit("_", 1)[1]
         raise section.error(f"must be between {least / scale:g} and {most / scale:g} ({unit}, a physical range), got {value:g}", key)

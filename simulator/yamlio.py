@@ -324,7 +324,7 @@ class Section:
         if strictly_positive and value <= 0:
             raise self.error(f"must be positive, got {value:g}", key)
         low = minimum if minimum is not None else -ABSURD
-        high = min(maximum, ABSURD) if maximum is not None else ABSURD
+        high = maximum if maximum is not None else ABSURD  # an explicit maximum replaces the sanity cap
         if not low <= value <= high:
             if minimum is not None and maximum is not None:
                 raise self.error(f"must be between {minimum:g} and {maximum:g}, got {value:g}", key)
