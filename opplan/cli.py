@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except OpplanError as exc:
         click.echo(f"opplan: error: {exc}", err=True)
         return 2
+    except (OverflowError, RecursionError, MemoryError) as exc:  # a last guard: the readers should refuse such input first
+        reason = " ".join(str(exc).split())[:120]
+        click.echo(f"opplan: error: the input is too large to compute with ({type(exc).__name__}: {reason})", err=True)
+        return 2
     except click.exceptions.Abort:
         click.echo("opplan: interrupted", err=True)
         return 130

@@ -28,6 +28,8 @@ _MISSING = object()
 #: No figure in a scenario is anywhere near this (a whole training step is ~1e18 FLOPs);
 #: past it, sums over millions of tasks could overflow to ``inf``.
 ABSURD = 1e30
+#: Largest whole number a field takes (a width, a length, a count): a product of four is still a float.
+MAX_INTEGER = 10**15
 _MERGE = "tag:yaml.org,2002:merge"
 
 
@@ -332,7 +334,12 @@ class Section:
             raise self.error(f"must be {bound}, got {value:g}", key)
         return value
 
-    def integer(self, key: str, default: Any = _MISSING, *, minimum: int | None = 0) -> int:
+    def integer(self, key: str, default: Any = _MISSING, *, minimum: int | None = 0, maximum: int = MAX_INTEGER) -> int:
+        """A whole number in ``[minimum, maximum]``; an integral float (``1e3``) counts.
+
+        The default ``maximum`` keeps every count, width and length far from what the cost
+        formulas (products of a few of them) could overflow; sizes are checked separately.
+        """
         value = self.raw(key, default)
         if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= 2**53:
             value = int(value)  # ``micro_batches: 1e3`` means 1000
@@ -340,4 +347,6 @@ class Section:
             raise self.error(f"expected an integer, got {show(value)}", key)
         if minimum is not None and value < minimum:
             raise self.error(f"must be at least {minimum}, got {show(value)}", key)
+        if value > maximum:
+            raise self.error(f"must be at most {maximum:.0e}, got {show(value)}", key)
         return value
