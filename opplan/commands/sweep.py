@@ -28,6 +28,9 @@ def _check_folder(spec, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder ({exc.strerror})", file=str(folder), field="--out") from None
+    log = folder / "results.jsonl"
+    if (log.exists() and not log.is_file()) or log.is_symlink():
+        raise InputError("the results log must be a regular file (it is appended to and locked)", file=str(log), field="--out")
     names = ["results.csv", "results.parquet", *(plot.file for plot in spec.plots)]
     check_outputs({f"--out ({name})": folder / name for name in names}, inputs=[spec.file, spec.base_file])
 

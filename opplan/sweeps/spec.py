@@ -39,6 +39,7 @@ from typing import Any
 from opplan.sweeps.overrides import check_field
 from simulator.errors import InputError
 from simulator.limits import current_limits, fmt_count
+from simulator.reading import read_input_bytes
 from simulator.yamlio import Section, read_section, show
 
 __all__ = ["PLANNER", "ALL_BUILTINS", "Point", "PlotSpec", "SweepSpec", "builtin_names", "is_schedule_file", "load_sweep", "point_key"]
@@ -215,8 +216,8 @@ def _plot(item: Section) -> PlotSpec:
 
 def _file_digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
+        return hashlib.sha256(read_input_bytes(path)).hexdigest()[:16]  # never a FIFO or /dev/zero
+    except InputError:
         return None  # reported when the point runs
 
 
