@@ -22,6 +22,8 @@ from types import MappingProxyType
 from typing import Any
 
 from simulator.errors import InputError
+from simulator.layout import Layout
+from simulator.memory_model import read_parallel
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
@@ -54,6 +56,8 @@ class Scenario:
     pipeline: Mapping[str, Any] = field(default_factory=dict)
     #: The model section as written (builders' settings, for reports).
     model_config: Mapping[str, Any] = field(default_factory=dict)
+    #: The ``parallel:`` layout (dp, tp, pp, ...), validated; not yet read by the replay.
+    parallel: Layout | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline", MappingProxyType(dict(self.pipeline)))
@@ -100,7 +104,7 @@ def scenario_from_dict(data: dict, path: str | Path) -> Scenario:
 
 
 def scenario_from_section(doc: Section, path: Path) -> Scenario:
-    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline"})
+    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline", "parallel"})
     size = check_scenario_size(doc.data, file=str(path))  # before building anything
     base_dir = path.parent
     try:
@@ -134,4 +138,5 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
         schedule_file=schedule_file,
         pipeline=pipeline.data,
         model_config=doc.section("model").data,
+        parallel=read_parallel(doc, cluster, workload.mode == "training"),
     )

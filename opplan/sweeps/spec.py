@@ -109,14 +109,9 @@ class SweepSpec:
 
 def builtin_names() -> list[str]:
     """Names of the built-in schedules (``planner.schedules.SCHEDULES``), in their order."""
-    try:
-        from planner import schedules
-    except ImportError:  # pragma: no cover - the package ships with planner
-        schedules = None
-    names = getattr(schedules, "SCHEDULES", None)
-    if not names:
-        raise InputError("no built-in schedules are available in this installation", field="schedule")
-    return [str(name) for name in names]
+    from planner.schedules import SCHEDULES
+
+    return [str(name) for name in SCHEDULES]
 
 
 def is_schedule_file(value: str) -> bool:

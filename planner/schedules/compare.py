@@ -97,7 +97,7 @@ def measure(scenario: Scenario, schedule: Schedule, name: str | None = None) -> 
         notes.append("heuristic")
     if timeline.violations:
         more = len(timeline.violations) - 1
-        notes.insert(0, timeline.violations[0] + (f" (and {more} more)" if more else ""))
+        notes.insert(0, timeline.violations[0].message + (f" (and {more} more)" if more else ""))
     return ComparisonRow(
         name=name or schedule.name,
         ranks=len(schedule.devices),
