@@ -19,6 +19,7 @@ from opplan.commands.schedules import compare_command, schedule_command
 from opplan.commands.simulate import simulate, validate
 from opplan.commands.sweep import sweep
 from simulator.errors import OpplanError, ScheduleRejected
+from simulator.reading import recording_inputs
 
 __all__ = ["cli", "main"]
 
@@ -36,7 +37,8 @@ for _command in (simulate, validate, schedule_command, compare_command, describe
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning domain errors into one-line messages."""
     try:
-        cli.main(args=argv, prog_name="opplan", standalone_mode=False)
+        with recording_inputs():  # so that no output can overwrite any file this run read
+            cli.main(args=argv, prog_name="opplan", standalone_mode=False)
     except ScheduleRejected as exc:
         click.echo(f"opplan: error: {exc.file + ': ' if exc.file else ''}schedule rejected", err=True)
         for violation in exc.violations:

@@ -29,6 +29,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from simulator.errors import InputError
+from simulator.reading import inputs_read
 
 __all__ = ["FORMATS", "STDOUT", "OutputError", "check_output", "check_outputs", "save_figure", "write_output"]
 
@@ -71,7 +72,7 @@ def check_output(path: str | Path, *, option: str = "output", inputs: Iterable[s
         return "stdout"
     path = Path(path)
     _check_folder(path, option)
-    for source in inputs:
+    for source in [*inputs, *sorted(inputs_read())]:  # the files named, and every file read so far
         if source and str(source) != STDOUT and _same_file(path, Path(source)):
             raise OutputError(f"refusing to overwrite input file {source}", field=option)
     try:

@@ -12,12 +12,34 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from simulator.errors import InputError
 from simulator.limits import current_limits
 
-__all__ = ["check_input_file", "read_input_bytes", "read_input_text"]
+__all__ = ["check_input_file", "inputs_read", "read_input_bytes", "read_input_text", "recording_inputs"]
+
+_RECORD: ContextVar[set[str] | None] = ContextVar("opplan_inputs_read", default=None)
+
+
+@contextmanager
+def recording_inputs() -> Iterator[set[str]]:
+    """Within the block, remember every file read (resolved), so no output can overwrite one:
+    not only the files named on the command line but a graph or profile a scenario names."""
+    files: set[str] = set()
+    token = _RECORD.set(files)
+    try:
+        yield files
+    finally:
+        _RECORD.reset(token)
+
+
+def inputs_read() -> frozenset[str]:
+    """The resolved paths read so far inside :func:`recording_inputs` (empty outside it)."""
+    return frozenset(_RECORD.get() or ())
 
 
 def _kind(mode: int) -> str:
@@ -38,6 +60,9 @@ def check_input_file(path: str | Path) -> os.stat_result:
         raise InputError(f"cannot read file ({exc.strerror})", file=str(path)) from None
     if not stat.S_ISREG(info.st_mode):
         raise InputError(f"cannot read {_kind(info.st_mode)} as an input file", file=str(path))
+    record = _RECORD.get()
+    if record is not None:
+        record.add(os.path.realpath(path))
     limit = current_limits().max_input_bytes
     if info.st_size > limit:
         raise _too_large(path, info.st_size, limit)

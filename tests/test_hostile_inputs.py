@@ -345,3 +345,15 @@ class TestVerdicts:
         assert "│     - │" in out  # MFU: the scenario gives times, not FLOPs
         assert f"wrote {tmp_path / 'r.json'}" in out
         assert "inf" not in out and "nan" not in out
+
+
+def test_no_output_overwrites_a_file_the_scenario_read(tmp_path, capsys):
+    """The graph file is named inside the scenario, not on the command line; it is an input all the same."""
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(yaml.safe_dump({"operators": [{"name": f"s{i}", "time_ms": {"F": 1, "B": 1, "W": 1}} for i in range(2)],
+                                     "edges": [{"src": "s0", "dst": "s1"}]}))
+    before = graph.read_text()
+    path = scenario_file(tmp_path, with_field("model", {"type": "graph", "file": "graph.yaml"}))
+    line = refused(capsys, "simulate", path, "--builtin", "gpipe", "--json", graph)
+    assert line == f"opplan: error: --json: refusing to overwrite input file {graph}"
+    assert graph.read_text() == before
