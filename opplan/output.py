@@ -31,10 +31,12 @@ from matplotlib.figure import Figure
 from simulator.errors import InputError
 from simulator.reading import inputs_read
 
-__all__ = ["FORMATS", "STDOUT", "OutputError", "check_output", "check_outputs", "save_figure", "write_output"]
+__all__ = ["FORMATS", "STDOUT", "OutputError", "check_output", "check_outputs", "is_stdout", "save_figure", "write_output"]
 
 #: The output path meaning standard output.
 STDOUT = "-"
+#: Paths under these are never replaced, whatever they resolve to.
+_SYSTEM = ("/dev/", "/proc/")
 
 
 class OutputError(InputError):
@@ -66,9 +68,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def is_stdout(path: str | Path) -> bool:
+    """``-`` or a name of standard output: written to the open stream (reopening ``/dev/stdout``
+    when it is redirected to a file would write over that file from its start)."""
+    return str(path) == STDOUT or os.path.abspath(path) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
 def check_output(path: str | Path, *, option: str = "output", inputs: Iterable[str | Path] = ()) -> str:
     """Check one output path; returns its kind: ``"stdout"``, ``"special"`` or ``"regular"``."""
-    if str(path) == STDOUT:
+    if is_stdout(path):
         return "stdout"
     path = Path(path)
     _check_folder(path, option)
@@ -83,8 +91,8 @@ def check_output(path: str | Path, *, option: str = "output", inputs: Iterable[s
         raise OutputError(f"cannot write here ({exc.strerror})", file=str(path), field=option) from None
     if stat.S_ISDIR(mode):
         raise OutputError("is a directory; give a file name", file=str(path), field=option)
-    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
-        return "special"
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or os.path.abspath(path).startswith(_SYSTEM):
+        return "special"  # /dev/stdout redirected to a file resolves to that file: still written in place
     if not stat.S_ISREG(mode):
         raise OutputError("is neither a regular file, a character device nor a FIFO", file=str(path), field=option)
     return "regular"
@@ -106,7 +114,7 @@ def check_outputs(outputs: Mapping[str, str | Path | None], *, inputs: Iterable[
 
 
 def _write_in_place(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)  # no O_CREAT, no O_TRUNC: a device or a FIFO stays what it is
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # no O_CREAT, no O_TRUNC: a device or a FIFO stays what it is
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 

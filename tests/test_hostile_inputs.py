@@ -357,3 +357,10 @@ def test_no_output_overwrites_a_file_the_scenario_read(tmp_path, capsys):
     line = refused(capsys, "simulate", path, "--builtin", "gpipe", "--json", graph)
     assert line == f"opplan: error: --json: refusing to overwrite input file {graph}"
     assert graph.read_text() == before
+
+
+def test_dev_stdout_is_the_open_stream(tmp_path, capsys):
+    """``--json /dev/stdout`` goes after the report on the same stream, never replaces or rewinds it."""
+    code, out, err, _ = run(capsys, "simulate", scenario_file(tmp_path), "--builtin", "1f1b", "--json", "/dev/stdout")
+    assert (code, err) == (0, [])
+    assert out.index("makespan") < out.index('"makespan"') and "wrote" not in out

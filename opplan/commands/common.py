@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from opplan.output import STDOUT, write_output
+from opplan.output import is_stdout, write_output
 from simulator.engine import Timeline
 from simulator.errors import InputError
 from simulator.limits import Limits, using_limits
@@ -65,27 +65,10 @@ def limit_options(command: Callable) -> Callable:
     return command
 
 
-def wrote(path: Path | str) -> None:
+def wrote(path: Path | str, detail: str = "") -> None:
     """The ``wrote FILE`` line every written output gets (none for standard output)."""
-    if str(path) != STDOUT:
-        click.echo(f"wrote {path}")
-
-
-def load_inputs(scenario_path: Path, schedule_path: Path | None, builtin: str | None = None) -> tuple[Scenario, Schedule, Path | None]:
-    """The scenario, and the schedule to replay: ``--builtin NAME``, ``--schedule FILE``, or the
-    scenario's ``schedule:``. The path returned is the schedule file's (``None`` for a built-in)."""
-    if schedule_path is not None and builtin is not None:
-        raise InputError("give --schedule FILE or --builtin NAME, not both", field="--builtin")
-    scenario = load_scenario(scenario_path)
-    if builtin is not None:
-        from planner.schedules import builtin_schedule
-
-        return scenario, builtin_schedule(builtin, scenario), None
-    path = schedule_path or scenario.schedule_file
-    if path is None:
-        raise InputError("no schedule given: pass --schedule FILE, --builtin NAME (e.g. 1f1b), or set schedule: in the scenario",
-                         file=str(scenario_path), field="schedule")
-    return scenario, load_schedule(path), path
+    if not is_stdout(path):
+        click.echo(f"wrote {path}" + (f" ({detail})" if detail else ""))
 
 
 def write_reports(timeline: Timeline, *, json_path: Path | None, trace_path: Path | None, inputs: list[Path]) -> None:

@@ -55,7 +55,7 @@ def schedule_command(name: str, scenario: Path, output: Path, chunks: int | None
     loaded = load_scenario(scenario)
     schedule = generate(name, loaded, chunks=chunks, ranks=ranks)
     write_output(output, schedule_text(schedule, output), inputs=[scenario], option="--output")
-    wrote(f"{output} ({schedule.name}, {len(schedule)} tasks on {len(schedule.devices)} devices)")
+    wrote(output, f"{schedule.name}, {len(schedule)} tasks on {len(schedule.devices)} devices")
 
 
 def _parse_with(values: tuple[str, ...]) -> dict[str, Path]:
