@@ -71,6 +71,23 @@ def wrote(path: Path | str, detail: str = "") -> None:
         click.echo(f"wrote {path}" + (f" ({detail})" if detail else ""))
 
 
+def load_inputs(scenario_path: Path, schedule_path: Path | None, builtin: str | None = None) -> tuple[Scenario, Schedule, Path | None]:
+    """The scenario, and the schedule to replay: ``--builtin NAME``, ``--schedule FILE``, or the
+    scenario's ``schedule:``. The path returned is the schedule file's (``None`` for a built-in)."""
+    if schedule_path is not None and builtin is not None:
+        raise InputError("give --schedule FILE or --builtin NAME, not both", field="--builtin")
+    scenario = load_scenario(scenario_path)
+    if builtin is not None:
+        from planner.schedules import builtin_schedule
+
+        return scenario, builtin_schedule(builtin, scenario), None
+    path = schedule_path or scenario.schedule_file
+    if path is None:
+        raise InputError("no schedule given: pass --schedule FILE, --builtin NAME (e.g. 1f1b), or set schedule: in the scenario",
+                         file=str(scenario_path), field="schedule")
+    return scenario, load_schedule(path), path
+
+
 def write_reports(timeline: Timeline, *, json_path: Path | None, trace_path: Path | None, inputs: list[Path]) -> None:
     if json_path is not None:
         report = build_report(timeline)
