@@ -82,14 +82,29 @@ def read_input_bytes(path: str | Path) -> bytes:
         # O_NONBLOCK: if the path was swapped for a FIFO since the check, opening must not hang.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 raise InputError("input file changed into something that is not a regular file", file=str(path))
-            data = handle.read(limit + 1)
+            data = _read_at_most(handle, limit + 1, info.st_size)
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror})", file=str(path)) from None
     if len(data) > limit:
         raise _too_large(path, None, limit)
     return data
+
+
+def _read_at_most(handle, most: int, expected: int) -> bytes:
+    """Up to ``most`` bytes, in a buffer the size of the file (``read(most)`` would allocate
+    ``most`` bytes up front, whatever the file's size)."""
+    chunks, total, want = [], 0, min(expected, most - 1) + 1
+    while total < most:
+        chunk = handle.read(min(want, most - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        want = 1 << 20
+    return b"".join(chunks)
 
 
 def read_input_text(path: str | Path) -> str:

@@ -58,6 +58,8 @@ def sweep(sweep_file: Path, out: Path | None, scheduler: str | None, workers: in
     from opplan.sweeps import ResultsLog, load_sweep, run_sweep, summary_table
     from opplan.sweeps.runner import LOG_NAME
 
+    if scheduler and workers is not None:
+        raise InputError("--workers sizes the embedded Dask cluster; with --scheduler it would do nothing", field="--workers")
     spec = load_sweep(sweep_file)
     folder = out or Path("out") / spec.name
     _check_folder(spec, folder)
