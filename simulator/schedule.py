@@ -38,7 +38,7 @@ from simulator.errors import InputError
 from simulator.problem import Task, parse_task
 from simulator.yamlio import load_document, show
 
-__all__ = ["Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_to_dict"]
+__all__ = ["Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_text", "schedule_to_dict"]
 
 FORMAT = "opplan-schedule/1"
 #: Latest not-before start time (seconds): a day, the longest time any quantity may take (see simulator.units).
@@ -203,11 +203,14 @@ def schedule_to_dict(schedule: Schedule) -> dict:
     }
 
 
+def schedule_text(schedule: Schedule, path: str | Path) -> str:
+    """The schedule document as ``path`` wants it: JSON (``.json``) or YAML (anything else)."""
+    doc = schedule_to_dict(schedule)
+    if Path(path).suffix == ".json":
+        return json.dumps(doc, indent=1) + "\n"
+    return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
 def save_schedule(schedule: Schedule, path: str | Path) -> None:
     """Write JSON (``.json``) or YAML (anything else)."""
-    path = Path(path)
-    doc = schedule_to_dict(schedule)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(doc, indent=1) + "\n")
-    else:
-        path.write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
+    Path(path).write_text(schedule_text(schedule, path))
