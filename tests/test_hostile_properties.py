@@ -13,6 +13,7 @@ scenario is refused quickly instead of replayed for minutes.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 import time
@@ -26,8 +27,11 @@ from opplan.cli import main
 from simulator.errors import InputError
 from simulator.yamlio import load_document
 
-SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios").glob("*.yaml"))
+BUNDLED = Path(__file__).parent.parent / "scenarios"
+SCENARIOS = sorted(BUNDLED.glob("*.yaml"))
 DOCS = {path.name: yaml.safe_load(path.read_text()) for path in SCENARIOS}
+#: Bundled schedule files and the scenario each belongs to.
+SCHEDULES = {"pipeline-4x8.gpipe.json": "pipeline-4x8.yaml", "moe-layer-4gpu.schedule.json": "moe-layer-4gpu.yaml"}
 HOSTILE = [None, True, -1, 0, 0.5, 1, 2, 8, 3.5, 4096, 2**64, 10**4000, 1e308, -1e308, float("inf"), float("nan"), "", "x", "1e9",
            [], [1, 2], {}, {"a": 1}, "../../etc/passwd"]
 SECONDS = 10.0
@@ -64,12 +68,24 @@ def _mutate(doc, path, action, value):
     return out
 
 
-@st.composite
-def mutated_scenarios(draw) -> str:
-    doc = DOCS[draw(st.sampled_from(sorted(DOCS)))]
+def _mutations(draw, doc):
     for _ in range(draw(st.integers(1, 3))):
         path, _ = draw(st.sampled_from(list(_paths(doc))))
         doc = _mutate(doc, path, draw(st.sampled_from(["replace", "delete", "wrap", "add"])), draw(st.sampled_from(HOSTILE)))
+    return doc
+
+
+@st.composite
+def mutated_schedules(draw) -> tuple[str, str]:
+    """(schedule name, mutated schedule document as JSON text)."""
+    name = draw(st.sampled_from(sorted(SCHEDULES)))
+    doc = _mutations(draw, json.loads((BUNDLED / name).read_text()))
+    return name, json.dumps(doc)
+
+
+@st.composite
+def mutated_scenarios(draw) -> str:
+    doc = _mutations(draw, DOCS[draw(st.sampled_from(sorted(DOCS)))])
     text = yaml.safe_dump(doc, sort_keys=False)
     for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):  # and sometimes the text itself
         at = draw(st.integers(0, len(text)))
@@ -118,3 +134,12 @@ def test_mutated_bundled_scenarios(capsys, text):
     _check(capsys, ["describe", str(path), "--max-tasks", "50000"])
     _check(capsys, ["validate", str(path), "--builtin", "1f1b", "--max-tasks", "20000"])
     _check(capsys, ["simulate", str(path), "--builtin", "gpipe", "--max-tasks", "20000", "--json", str(FOLDER / "r.json")])
+
+
+@PROPERTY
+@given(case=mutated_schedules())
+def test_mutated_bundled_schedules(capsys, case):
+    name, text = case
+    path = FOLDER / "mutated.json"
+    path.write_text(text)
+    _check(capsys, ["validate", str(BUNDLED / SCHEDULES[name]), "--schedule", str(path)])
