@@ -143,3 +143,26 @@ def test_mutated_bundled_schedules(capsys, case):
     path = FOLDER / "mutated.json"
     path.write_text(text)
     _check(capsys, ["validate", str(BUNDLED / SCHEDULES[name]), "--schedule", str(path)])
+
+
+#: Command lines built from these: the bundled 4-stage scenario, paths in a scratch folder, hostile values.
+COMMANDS = [["simulate"], ["validate"], ["describe"], ["compare"], ["schedule", "gpipe"], ["schedule", "nosuch"], ["plot", "gantt"]]
+OPTIONS = ["--builtin", "--schedule", "--json", "--trace", "-o", "--max-tasks", "--max-input-mb", "--time-limit",
+           "--plan-memory-like", "--with", "--chunks"]
+VALUES = ["nan", "inf", "-1", "0", "", "1f1b", "dualpipe", "nosuch", "x=", "a=b.json", "-", "out.json", "out.png", ".",
+          "scenario.yaml", "1e308", "99999999999999999999"]
+
+
+@PROPERTY
+@given(command=st.sampled_from(COMMANDS), options=st.lists(st.tuples(st.sampled_from(OPTIONS), st.sampled_from(VALUES)), max_size=4))
+def test_random_command_lines(capsys, command, options):
+    (FOLDER / "scenario.yaml").write_text((BUNDLED / "pipeline-4x8.yaml").read_text())
+    before = (FOLDER / "scenario.yaml").read_text()
+    args = [*command, "scenario.yaml", *(part for pair in options for part in pair)]
+    cwd = os.getcwd()
+    os.chdir(FOLDER)
+    try:
+        _check(capsys, args)
+    finally:
+        os.chdir(cwd)
+    assert (FOLDER / "scenario.yaml").read_text() == before  # no input is ever overwritten

@@ -56,7 +56,7 @@ def limit_options(command: Callable) -> Callable:
     options = (
         ("--max-tasks", "max_tasks", click.IntRange(min=1), 1, f"refuse scenarios of more tasks [default: {defaults.max_tasks}]"),
         ("--max-devices", "max_devices", click.IntRange(min=1), 1, f"refuse clusters of more devices [default: {defaults.max_devices}]"),
-        ("--max-input-mb", "max_input_bytes", FiniteFloat(min=0, min_open=True), 1e6,
+        ("--max-input-mb", "max_input_bytes", FiniteFloat(min=0, min_open=True, max=1e6), 1e6,
          f"refuse input files larger than this [default: {defaults.max_input_bytes / 1e6:g}]"),
     )
     for flag, name, kind, scale, text in reversed(options):
