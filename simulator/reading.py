@@ -69,9 +69,13 @@ def check_input_file(path: str | Path) -> os.stat_result:
     return info
 
 
+def _size(count: int) -> str:
+    return f"{count / 1e6:.3g} MB" if count >= 100_000 else f"{count} bytes"
+
+
 def _too_large(path: str | Path, size: int | None, limit: int) -> InputError:
-    what = f"{size / 1e6:.3g} MB" if size is not None else "more than that"
-    return InputError(f"file is {what}; the limit is {limit / 1e6:.3g} MB (raise it with --max-input-mb)", file=str(path))
+    what = _size(size) if size is not None else "larger than that"
+    return InputError(f"file is {what}; the limit is {_size(limit)} (raise it with --max-input-mb)", file=str(path))
 
 
 def read_input_bytes(path: str | Path) -> bytes:

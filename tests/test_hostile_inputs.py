@@ -145,7 +145,7 @@ class TestReading:
     def test_size_cap(self, tmp_path, capsys):
         path = scenario_file(tmp_path, yaml.safe_dump(SCENARIO) + "description: " + "x" * 5000 + "\n")
         line = refused(capsys, "describe", path, "--max-input-mb", "0.001")
-        assert "the limit is 0.001 MB (raise it with --max-input-mb)" in line
+        assert "the limit is 1000 bytes (raise it with --max-input-mb)" in line
         assert run(capsys, "describe", path)[0] == 0
 
 
