@@ -85,13 +85,13 @@ class TestSection:
 
 def test_estimates_follow_the_builders():
     """The up-front counts equal what the builders build, for every bundled scenario that counts up front."""
-    import glob
+    from pathlib import Path
 
     import yaml
 
     from simulator.scenario import load_scenario
 
-    for path in sorted(glob.glob("scenarios/*.yaml")):
+    for path in sorted((Path(__file__).parent.parent / "scenarios").glob("*.yaml")):
         with open(path) as handle:
             estimate = estimate_scenario(yaml.safe_load(handle))
         problem = load_scenario(path).problem
