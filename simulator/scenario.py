@@ -117,7 +117,7 @@ def scenario_from_dict(data: dict, path: str | Path) -> Scenario:
 
 def scenario_from_section(doc: Section, path: Path) -> Scenario:
     doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline", "parallel"})
-    size = check_scenario_size(doc.data, file=str(path))  # before building anything
+    size = check_scenario_size(doc.data, file=str(path), base_dir=path.parent)  # before building anything
     base_dir = path.parent
     try:
         graph = build_model(doc.section("model"), base_dir)

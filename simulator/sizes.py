@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from simulator.errors import InputError
@@ -103,7 +104,7 @@ def _operators(model: Any) -> int | None:
     return None
 
 
-def _devices(cluster: Any) -> int | None:
+def _devices(cluster: Any, base_dir: Path | None) -> int | None:
     if not isinstance(cluster, Mapping):
         return None
     if "profile" not in cluster:
@@ -113,14 +114,16 @@ def _devices(cluster: Any) -> int | None:
         from simulator.profiles import load_profile
 
         try:
-            per_node = load_profile(cluster["profile"]).gpus_per_node
+            per_node = load_profile(cluster["profile"], base_dir=base_dir).gpus_per_node
         except InputError:
-            return None  # reported, with its field, when the cluster is built
+            per_node = 1  # the profile's own error is reported, with its field, when the cluster is built
     return None if nodes is None or per_node is None else nodes * per_node
 
 
-def estimate_scenario(doc: Mapping[str, Any]) -> SizeEstimate:
+def estimate_scenario(doc: Mapping[str, Any], base_dir: Path | None = None) -> SizeEstimate:
     """The sizes a scenario document asks for (nothing is built; nothing is validated).
+
+    ``base_dir`` is where relative files (a hardware profile) are found.
 
     >>> estimate_scenario({"model": {"type": "transformer", "preset": "llama-7b"}, "cluster": {"devices": 8},
     ...                    "workload": {"micro_batches": 16}})
@@ -128,7 +131,8 @@ def estimate_scenario(doc: Mapping[str, Any]) -> SizeEstimate:
     """
     workload = doc.get("workload") if isinstance(doc.get("workload"), Mapping) else {}
     passes = 1 if workload.get("mode") == "inference" else 3
-    return SizeEstimate(_operators(doc.get("model")), _devices(doc.get("cluster")), _int(workload, "micro_batches"), passes)
+    return SizeEstimate(_operators(doc.get("model")), _devices(doc.get("cluster"), base_dir), _int(workload, "micro_batches"),
+                        passes)
 
 
 def check_tasks(operators: int, micro_batches: int, passes: int, *, file: str | None, field: str) -> None:
@@ -144,9 +148,9 @@ def check_tasks(operators: int, micro_batches: int, passes: int, *, file: str | 
         )
 
 
-def check_scenario_size(doc: Mapping[str, Any], *, file: str | None = None) -> SizeEstimate:
+def check_scenario_size(doc: Mapping[str, Any], *, file: str | None = None, base_dir: Path | None = None) -> SizeEstimate:
     """Refuse a scenario document whose devices or tasks exceed the limits (see the module docstring)."""
-    size = estimate_scenario(doc)
+    size = estimate_scenario(doc, base_dir)
     limit = current_limits().max_devices
     if size.devices is not None and size.devices > limit:
         raise InputError(f"{fmt_count(size.devices)} devices; the limit is {fmt_count(limit)}; raise it with --max-devices",
