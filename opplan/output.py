@@ -86,6 +86,8 @@ def check_output(path: str | Path, *, option: str = "output", inputs: Iterable[s
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
+        if os.path.abspath(path).startswith(_SYSTEM) or os.path.realpath(path).startswith(_SYSTEM):
+            raise OutputError("refusing to create a file among the system's devices", file=str(path), field=option) from None
         return "regular"  # a new file (or a dangling link: its target is created)
     except OSError as exc:
         raise OutputError(f"cannot write here ({exc.strerror})", file=str(path), field=option) from None
