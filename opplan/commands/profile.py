@@ -25,8 +25,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from opplan.commands.common import scenario_argument
-from opplan.output import write_output
+from opplan.commands.common import limit_options, scenario_argument, wrote
+from opplan.output import check_output, write_output
 from simulator.errors import InputError
 from simulator.measured import apply_measured
 from simulator.scenario import load_scenario
@@ -90,6 +90,7 @@ def _print(rows: dict, device_type: str) -> None:
 
 @click.command("profile")
 @scenario_argument
+@limit_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="measured: file to write")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True, help="where to measure")
 @click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="import a torch.profiler Chrome trace instead")
@@ -102,6 +103,8 @@ def _print(rows: dict, device_type: str) -> None:
 def profile_command(scenario: Path, output: Path, device: str, trace: Path | None, maps: tuple[str, ...], tp: int,
                     repeats: int, warmup: int, threads: int, device_type: str | None) -> None:
     """Measure the scenario's operators (or import a trace) into a measured: file."""
+    inputs = [scenario] + ([trace] if trace else [])
+    check_output(output, option="--output", inputs=inputs)  # before minutes of measuring, not after
     loaded = load_scenario(scenario)
     model = Section(dict(loaded.model_config), file=str(scenario), path="model")
     operators = {op.name for op in loaded.problem.graph.operators}
@@ -117,6 +120,6 @@ def profile_command(scenario: Path, output: Path, device: str, trace: Path | Non
     document = measured_document(rows, device_type, meta)
     # The file must apply to this model: every pattern matches, every value is valid.
     apply_measured(Section({"measured": document["measured"]}, file=str(output), path="model"), loaded.problem.graph.operators)
-    write_output(output, render(document), inputs=[scenario] + ([trace] if trace else []), option="--output")
+    path = write_output(output, render(document), inputs=inputs, option="--output")
     _print(rows, device_type)
-    click.echo(f"wrote {output}")
+    wrote(path)

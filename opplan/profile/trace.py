@@ -21,13 +21,13 @@ model's own ratio, since a trace cannot tell an input-gradient GEMM from a weigh
 from __future__ import annotations
 
 import bisect
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulator.documents import load_document
 from simulator.errors import InputError
 
 __all__ = ["DEFAULT_RULES", "Rule", "TraceTimes", "load_trace", "operator_times", "parse_rules"]
@@ -81,10 +81,7 @@ def parse_rules(items: Iterable[str]) -> tuple[Rule, ...]:
 
 def load_trace(path: Path) -> list[dict]:
     """The complete (``ph: X``) events of a Chrome trace file."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"not a readable Chrome trace: {exc}", file=str(path)) from None
+    doc = load_document(path)  # the hardened reading path: regular file, size cap, strict UTF-8 and JSON
     events = doc.get("traceEvents") if isinstance(doc, dict) else doc
     if not isinstance(events, list):
         raise InputError("expected a Chrome trace: an object with traceEvents, or a list of events", file=str(path))
