@@ -316,14 +316,14 @@ class _Replay:
         A ``send_after_next`` slot hands its activations to its own device at once and
         keeps its sends for the end of the next slot (DualPipe's reference send points).
         """
+        for task in held:  # an earlier slot's sends leave now, whatever this slot does
+            self._deliver(task, device, "remote")
+        held.clear()
         if entry.send_after_next:
             for task in entry.tasks:
                 self._deliver(task, device, "local")
             held.extend(entry.tasks)
             return
-        for task in held:
-            self._deliver(task, device, "remote")
-        held.clear()
         for task in entry.tasks:
             self._deliver(task, device)
 

@@ -48,3 +48,14 @@ def test_the_mark_survives_a_round_trip_and_bad_values_name_the_field():
     with pytest.raises(InputError) as info:
         schedule_from_dict(schedule({"task": "F:s0:0", "send": "later"}))
     assert info.value.field == "devices.gpu0[0].send"
+
+
+def test_two_deferred_slots_in_a_row_each_send_when_the_next_slot_ends(tmp_path):
+    backward = [{"fused": [f"B:s{s}:{m}", f"W:s{s}:{m}"]} for s in (0, 1) for m in (0, 1)]
+    gpu0 = [{"task": "F:s0:0", "send": "after-next"}, {"task": "F:s0:1", "send": "after-next"}, *backward[:2]]
+    gpu1 = ["F:s1:0", backward[2], "F:s1:1", backward[3]]
+    timeline = starts({"devices": {"gpu0": gpu0, "gpu1": gpu1}}, tmp_path)
+    # F:s0:0 leaves when F:s0:1 ends (2 ms), although F:s0:1 defers its own send;
+    assert timeline["F:s1:0"] == 2.0
+    # F:s0:1 leaves when B:s0:0+W:s0:0 ends: that starts at 5 (s1's gradient) and takes 2.
+    assert (timeline["B:s0:0+W:s0:0"], timeline["F:s1:1"]) == (5.0, 7.0)

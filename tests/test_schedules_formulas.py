@@ -120,13 +120,15 @@ def test_dualpipe_bubble(p, m, F, W, overlap):
 
 
 @pytest.mark.parametrize("p, m, F, W, overlap", DUAL)
-def test_dualpipe_with_the_reference_send_points_pays_one_forward_more(p, m, F, W, overlap):
-    """deepseek-ai/DualPipe sends a middle rank's first main-step forward only after the
-    backward that follows it; the other middle rank's next forward waits for it, so the
-    bubble grows by one forward time (none on 2 ranks, where nothing waits on it)."""
+def test_dualpipe_at_the_reference_send_points_keeps_the_published_bubble(p, m, F, W, overlap):
+    """deepseek-ai/DualPipe queues three sends until after the next computation; with
+    T_F = T_B none of those outputs is on the critical path, so the bubble is the same
+    (benchmarks/dualpipe_reference.py replays the reference's step() with
+    batch_isend_irecv semantics and gets the same makespans)."""
     faithful = _replay("dualpipe", stages=p, m=m, F=F, B=F, W=W, fb_overlap=overlap)
     per_pass = _replay("dualpipe-per-pass", stages=p, m=m, F=F, B=F, W=W, fb_overlap=overlap)
-    assert faithful.max_bubble == pytest.approx(per_pass.max_bubble + (F * MS if p >= 4 else 0.0), abs=1e-12)
+    assert faithful.max_bubble == pytest.approx(per_pass.max_bubble, abs=1e-12)
+    assert faithful.makespan == pytest.approx(per_pass.makespan, abs=1e-12)
 
 
 def test_dualpipe_marks_exactly_the_reference_deferred_sends():
