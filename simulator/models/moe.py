@@ -291,4 +291,5 @@ def model_facts(section: Section) -> list[tuple[str, str]]:
         ("activated parameters", f"{activated / 1e9:.3g}e9 per token of {total / 1e9:.4g}e9"),
         ("tokens per micro-batch", f"{s.tokens} ({s.micro_batch_size} x {s.seq_len})"),
         ("precision / recompute", f"{s.precision} / {'on' if s.recompute else 'off'}"),
+        ("kernels (costs)", f"attention {s.attention_kernel}, norm {s.norm}, qkv {s.qkv}"),
     ]

@@ -208,4 +208,5 @@ def model_facts(section: Section) -> list[tuple[str, str]]:
         ("text tower", f"{x.layers} text-only + {c.fusion_layers} fusion layers, width {x.hidden}, {x.heads} heads, vocab {x.vocab}"),
         ("tokens per micro-batch", f"{s.tokens} text ({s.micro_batch_size} x {s.seq_len}) + {s.micro_batch_size * v.tokens} image"),
         ("precision / recompute", f"{s.precision} / {'on' if s.recompute else 'off'}"),
+        ("kernels (costs)", f"attention {s.attention_kernel}, norm {s.norm}, qkv {s.qkv}"),
     ]

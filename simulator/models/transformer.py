@@ -366,4 +366,5 @@ def model_facts(section: Section) -> list[tuple[str, str]]:
         ("shape", f"{c.layers} layers, hidden {c.hidden}, {c.heads} heads ({c.kv_heads} KV), ffn {c.ffn}, vocab {c.vocab}"),
         ("tokens per micro-batch", f"{s.tokens} ({s.micro_batch_size} x {s.seq_len})"),
         ("precision / recompute", f"{s.precision} / {'on' if s.recompute else 'off'}"),
+        ("kernels (costs)", f"attention {s.attention_kernel}, norm {s.norm}, qkv {s.qkv}"),
     ]
