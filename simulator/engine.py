@@ -343,6 +343,15 @@ class _Replay:
             if (p, mb, k) not in inside
         ]
 
+    def _prefetched(self, entry: Entry, device: str) -> list[_Key]:
+        """Inputs from other devices of ``entry``'s prefetched tasks (receives posted early)."""
+        return [
+            (p, k, mb, op, kind)
+            for op, mb, kind in entry.prefetch
+            for p, k in self.preds[op, kind]
+            if self.placement.get((p, mb, k), device) != device
+        ]
+
     def _costs(self, device: str) -> dict[tuple[str, str], tuple[float, float, float]]:
         """``(op, kind) -> (seconds on device, bytes allocated at start, bytes freed at end)``."""
         problem = self.problem
@@ -371,6 +380,8 @@ class _Replay:
                 inputs = [(p, k, mb, op, kind) for p, k in template] if template else ()
             else:
                 inputs = self._inputs(entry)
+            if entry.prefetch:
+                inputs = [*inputs, *self._prefetched(entry, device)]
             for key in inputs:
                 if key not in arrival:
                     event = waiting.get(key)

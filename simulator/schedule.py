@@ -21,8 +21,10 @@ it ends:
 
 Groups take an optional ``start`` too, and ``"send": "after-next"``: the slot's outputs
 are sent only when the *next* slot on the device ends (DualPipe's reference code posts
-some sends after the following computation). Transfers between devices are implied by
-the graph's edges.
+some sends after the following computation), and ``"prefetch": [TASK, ...]``: the slot
+also waits for those later tasks' inputs from other devices (a receive posted early and
+waited for at this slot, as DualPipe's ``batch_isend_irecv`` commits do). Transfers
+between devices are implied by the graph's edges.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Entry:
     overlap: bool = False
     #: Outputs are sent when the next slot on this device ends, not when this one does.
     send_after_next: bool = False
+    #: Later tasks whose inputs from other devices this slot also waits for.
+    prefetch: tuple[Task, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -143,11 +147,20 @@ def _parse_entry(value: Any, file: str | None, where: str) -> Entry:
             if not isinstance(group, list) or len(group) < 2:
                 raise InputError(f"{key} takes a list of at least two tasks", file=file, field=f"{where}.{key}")
             tasks = tuple(_parse_task(v, file, f"{where}.{key}[{i}]") for i, v in enumerate(group))
-            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap", send_after_next=_parse_send(value, file, where))
+            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap", **_parse_comm(value, file, where))
     if isinstance(value, dict) and "task" in value:
         task = _parse_task(value["task"], file, f"{where}.task")
-        return Entry((task,), _parse_start(value, file, where), send_after_next=_parse_send(value, file, where))
+        return Entry((task,), _parse_start(value, file, where), **_parse_comm(value, file, where))
     return Entry((_parse_task(value, file, where),))
+
+
+def _parse_comm(value: dict, file: str | None, where: str) -> dict[str, Any]:
+    """``send`` and ``prefetch`` of an entry object."""
+    prefetch = value.get("prefetch", [])
+    if not isinstance(prefetch, list):
+        raise InputError("prefetch takes a list of tasks", file=file, field=f"{where}.prefetch")
+    tasks = tuple(_parse_task(v, file, f"{where}.prefetch[{i}]") for i, v in enumerate(prefetch))
+    return {"send_after_next": _parse_send(value, file, where), "prefetch": tasks}
 
 
 def _parse_send(value: dict, file: str | None, where: str) -> bool:
@@ -197,7 +210,7 @@ def load_schedule(path: str | Path) -> Schedule:
 def _entry_to_json(entry: Entry) -> Any:
     if len(entry.tasks) > 1:
         out: dict[str, Any] = {"overlap" if entry.overlap else "fused": [str(t) for t in entry.tasks]}
-    elif entry.start is None and not entry.send_after_next:
+    elif entry.start is None and not entry.send_after_next and not entry.prefetch:
         return str(entry.first)
     else:
         out = {"task": str(entry.first)}
@@ -205,6 +218,8 @@ def _entry_to_json(entry: Entry) -> Any:
         out["start"] = entry.start
     if entry.send_after_next:
         out["send"] = "after-next"
+    if entry.prefetch:
+        out["prefetch"] = [str(t) for t in entry.prefetch]
     return out
 
 

@@ -59,3 +59,11 @@ def test_two_deferred_slots_in_a_row_each_send_when_the_next_slot_ends(tmp_path)
     assert timeline["F:s1:0"] == 2.0
     # F:s0:1 leaves when B:s0:0+W:s0:0 ends: that starts at 5 (s1's gradient) and takes 2.
     assert (timeline["B:s0:0+W:s0:0"], timeline["F:s1:1"]) == (5.0, 7.0)
+
+
+def test_a_prefetch_waits_for_a_later_tasks_input_from_another_device(tmp_path):
+    backward = [{"fused": [f"B:s{s}:{m}", f"W:s{s}:{m}"]} for s in (0, 1) for m in (0, 1)]
+    gpu1 = [{"task": "F:s1:0", "prefetch": ["F:s1:1"]}, "F:s1:1", *backward[2:]]
+    doc = {"devices": {"gpu0": ["F:s0:0", "F:s0:1", *backward[:2]], "gpu1": gpu1}}
+    assert starts(doc, tmp_path)["F:s1:0"] == 2.0  # F:s0:1's output arrives at 2 ms
+    assert schedule_to_dict(schedule_from_dict(doc))["devices"]["gpu1"][0] == {"task": "F:s1:0", "prefetch": ["F:s1:1"]}

@@ -131,6 +131,17 @@ def test_dualpipe_at_the_reference_send_points_keeps_the_published_bubble(p, m, 
     assert faithful.makespan == pytest.approx(per_pass.makespan, abs=1e-12)
 
 
+@pytest.mark.parametrize(("p", "m", "F", "B", "W"), [(4, 8, 1, 1, 1), (6, 12, 1, 1, 1), (8, 20, 1, 1, 1), (8, 24, 1, 1.5, 0.5),
+                                                     (8, 24, 2, 1, 1), (8, 24, 1, 2, 1), (4, 10, 1.5, 1, 0.5)])
+def test_dualpipe_replays_like_an_independent_model_of_the_reference_communication(p, m, F, B, W):
+    """planner.schedules.dualpipe_reference walks deepseek-ai/DualPipe's step() and solves
+    batch_isend_irecv's waits; it shares no code with the engine."""
+    from planner.schedules.dualpipe_reference import reference_makespan
+
+    replayed = _replay("dualpipe", stages=p, m=m, F=F, B=B, W=W)
+    assert replayed.makespan == pytest.approx(reference_makespan(p, m, (F, B, W)) * MS, abs=1e-12)
+
+
 def test_dualpipe_marks_exactly_the_reference_deferred_sends():
     """Step 2: h + 1 chunk-0 forwards on each of the p - 2 outer ranks; the turning points:
     their last step-2 chunk-1 forward and their first step-4 forward."""

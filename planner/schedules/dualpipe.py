@@ -34,12 +34,20 @@ an output normally leaves when its computation ends. Three sends are queued late
 - step 2, the turning point's last chunk-1 forward: sent after step 4's first forward;
 - step 4, the turning point's first forward: sent after the following backward.
 
-``dualpipe`` / ``dualpipev`` send there (the schedule marks those entries ``send:
-after-next``). ``dualpipe-per-pass`` / ``dualpipev-per-pass`` send every output when its
-pass ends, an idealisation of the same order; DualPipe's published bubble formula
-describes that variant (``tests/test_schedules_formulas.py``). DualPipeV hands the
-turning point's chunk-0 output to its own chunk 1 at once (no send), so only the first
-and second points apply to it.
+The reference also queues two receives early and waits for them at that earlier commit:
+step 2's next chunk-0 input (waited for before the chunk-1 forward) and step 3's next
+chunk-1 input (waited for before the weight pass).
+
+``dualpipe`` / ``dualpipev`` send there and wait there (the schedule marks those entries
+``send: after-next`` and ``prefetch``); :mod:`planner.schedules.dualpipe_reference`
+models the reference's communication independently and agrees with the replay.
+``dualpipe-per-pass`` / ``dualpipev-per-pass`` send every output when its pass ends
+and wait only for their own inputs, an idealisation of the same order; DualPipe's
+published bubble formula describes that variant (``tests/test_schedules_formulas.py``).
+With ``T_F = T_B`` the two replay alike; the reference's waits cost time when a forward
+is longer (8 ranks, 24 micro-batches, F = 2, B = W = 1: 109 against 108 ms). DualPipeV
+hands the turning point's chunk-0 output to its own chunk 1 at once (no send), so only
+the first and second send points apply to it.
 """
 
 from __future__ import annotations
@@ -69,12 +77,16 @@ def _eight_phases(rank: RankProgram, chunk0: tuple[int, str], chunk1: tuple[int,
         if "step2" in sends and not turning_point:
             rank.send_after_next()
         rank.forward(*chunk1)
+        if "prefetch" in sends:  # the next chunk-0 input was posted before this forward's commit
+            rank.prefetch_forward(*chunk0)
         if "step2" in sends and turning_point and i == h:
             rank.send_after_next()
     # Step 3: nB1W1F1 (zero bubble: B1 goes upstream before its W runs)
     for _ in range(half - h - 1):
         rank.backward(*chunk1, split=True)
         rank.weight()
+        if "prefetch" in sends:  # the next chunk-1 input was posted before this W's commit
+            rank.prefetch_forward(*chunk1)
         rank.forward(*chunk1)
     # Step 4 (main step): nF0B1F1B0
     for i in range(per_chunk - 2 * half + h + 1):
@@ -109,9 +121,9 @@ def _eight_phases(rank: RankProgram, chunk0: tuple[int, str], chunk1: tuple[int,
 
 
 #: The reference's deferred send points (module docstring) each variant reproduces.
-REFERENCE_SENDS = frozenset({"step2", "turning"})
+REFERENCE_SENDS = frozenset({"step2", "turning", "prefetch"})
 #: DualPipeV's turning point hands its chunk-0 output to its own chunk 1: no send to defer.
-REFERENCE_SENDS_V = frozenset({"step2"})
+REFERENCE_SENDS_V = frozenset({"step2", "prefetch"})
 PER_PASS = frozenset()
 
 

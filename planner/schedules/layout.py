@@ -159,6 +159,12 @@ class RankProgram:
         """The last entry's outputs leave only when the next entry ends (a deferred send)."""
         self.entries[-1] = replace(self.entries[-1], send_after_next=True)
 
+    def prefetch_forward(self, stream: Any, stage: str) -> None:
+        """The last entry also waits for the input of ``stream``'s next forward (a receive posted early)."""
+        if self._forward[stream]:
+            upcoming = Task(stage, self._forward[stream][0], "F")
+            self.entries[-1] = replace(self.entries[-1], prefetch=(*self.entries[-1].prefetch, upcoming))
+
     def weight(self) -> None:
         """Run the oldest deferred W."""
         self.entries.append(Entry((self.deferred.popleft(),)))
