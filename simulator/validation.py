@@ -9,6 +9,7 @@ memory over capacity are found by the replay (:mod:`simulator.engine`).
 
 from __future__ import annotations
 
+from simulator.collective_validation import collective_violations
 from simulator.problem import Problem, Task
 from simulator.schedule import Entry, Schedule
 
@@ -39,6 +40,7 @@ def static_violations(problem: Problem, schedule: Schedule) -> list[str]:
     deps = problem.dependency_template
     # task -> (device, stream, entry index, position inside the entry)
     position: dict[tuple, tuple[str, str, int, int]] = {}
+    has_collectives = False
     for device, entries in schedule.devices.items():
         if device not in cluster:
             known = ", ".join(list(cluster)[:8]) + (", ..." if len(cluster) > 8 else "")
@@ -57,6 +59,9 @@ def static_violations(problem: Problem, schedule: Schedule) -> list[str]:
                     report("duplicate", f"task {task} is listed twice ({other[0]}[{other[2]}] and {device}[{index}])")
                 else:
                     position[task] = (device, stream, index, 0)
+                continue
+            if entry.collective is not None:  # checked below, by collective_violations
+                has_collectives = True
                 continue
             streams = set()
             for slot, task in enumerate(tasks):
@@ -100,6 +105,9 @@ def static_violations(problem: Problem, schedule: Schedule) -> list[str]:
                     f"dependency violated: {task} is listed at {device}[{index}] before its input"
                     f" {Task(*pred)} at {device}[{where[2]}]",
                 )
+
+    if has_collectives:
+        collective_violations(problem, schedule, report)
 
     messages: list[str] = []
     for category, items in found.items():
