@@ -107,7 +107,7 @@ def build_report(timeline: Timeline) -> Report:
             )
         )
     links: dict[str, list[float]] = {}
-    for transfer in timeline.transfers:
+    for transfer in (*timeline.transfers, *timeline.collective_transfers):
         for name in transfer.links:
             entry = links.setdefault(name, [0, 0.0, 0.0])
             entry[0] += 1
@@ -125,6 +125,6 @@ def build_report(timeline: Timeline) -> Report:
         mean_utilization=sum(s.utilization for s in stats) / len(stats) if stats else 0.0,
         peak_memory=max((s.peak_memory for s in stats), default=0.0),
         peak_activation=max((s.activation_peak for s in stats), default=0.0),
-        transfer_bytes=sum(t.bytes for t in timeline.transfers),
+        transfer_bytes=sum(t.bytes for t in timeline.transfers) + sum(t.bytes for t in timeline.collective_transfers),
         violations=timeline.violations,
     )
