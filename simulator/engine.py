@@ -33,7 +33,7 @@ from simulator.cluster import Route
 from simulator.collective_replay import CollectiveRecord, CollectiveReplay, CollectiveTransfer, collective_key
 from simulator.errors import ScheduleRejected
 from simulator.problem import Problem, Task
-from simulator.schedule import Entry, Schedule
+from simulator.schedule import CollectiveCall, Entry, Schedule
 from simulator.validation import static_violations
 
 __all__ = ["Executed", "Transfer", "Timeline", "gc_paused", "replay", "simulate"]
@@ -238,21 +238,35 @@ class _Replay:
             self._allocate(device, amount)
         self.states: list[_StreamState] = []
         self.owner: dict[tuple, _StreamState] = {}
-        self._init_collectives()
-
-    def _init_collectives(self) -> None:
-        """Collective calls, if the schedule has any: ``watched`` tasks wake a collective
-        when they finish, ``gates`` hold tasks until a collective has ended (both empty,
-        and so free in the stream loop, for schedules without collectives)."""
-        calls = self.schedule.collectives
         self.coll: CollectiveReplay | None = None
         self.watched: dict = {}
         self.gates: dict = {}
         #: ``(collective name, device) -> the stream state that runs it``, for deadlock reports.
         self.coll_member: dict[tuple[str, str], _StreamState] = {}
-        if calls:
-            self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive)
-            self.watched, self.gates = self.coll.watch, self.coll.gates
+
+    def _streams(self) -> tuple[list[tuple[str, str, list[Entry]]], dict[str, CollectiveCall]]:
+        """``(device, stream, entries)`` per stream in a fixed order, and the collective calls."""
+        stream_of_op = {name: op.stream for name, op in self.problem.graph.by_name.items()}
+        calls: dict[str, CollectiveCall] = {}
+        out = []
+        for device, entries in self.schedule.devices.items():
+            by_stream: dict[str, list[Entry]] = {}
+            for entry in entries:
+                call = entry.collective
+                if call is None:
+                    by_stream.setdefault(stream_of_op[entry.tasks[0].op], []).append(entry)
+                else:
+                    calls.setdefault(call.name, call)
+                    by_stream.setdefault(call.stream, []).append(entry)
+            out += [(device, stream, stream_entries) for stream, stream_entries in sorted(by_stream.items())]
+        return out, calls
+
+    def _init_collectives(self, calls: dict[str, CollectiveCall]) -> None:
+        """The schedule's collective calls: ``watched`` tasks wake a collective when they
+        finish, ``gates`` hold tasks until a collective has ended (both stay empty, and so
+        free in the stream loop, for schedules without collectives)."""
+        self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive)
+        self.watched, self.gates = self.coll.watch, self.coll.gates
 
     def _collective(self, state: _StreamState, entry: Entry):
         """This device's part in a collective: arrive, wait for it to end, record it."""
@@ -424,20 +438,17 @@ class _Replay:
             return self._run()
 
     def _run(self) -> Timeline:
-        stream_of_op = {name: op.stream for name, op in self.problem.graph.by_name.items()}
         owner = self.owner
-        for device, entries in self.schedule.devices.items():
-            by_stream: dict[str, list[Entry]] = {}
-            for entry in entries:
-                stream = entry.collective.stream if entry.collective is not None else stream_of_op[entry.tasks[0].op]
-                by_stream.setdefault(stream, []).append(entry)
-            for stream, stream_entries in sorted(by_stream.items()):
-                state = _StreamState(device, stream, stream_entries)
-                self.states.append(state)
-                owner.update((task, state) for entry in stream_entries for task in entry.tasks)
-                if self.coll is not None:
-                    self.coll_member.update(((e.collective.name, device), state) for e in stream_entries if e.collective)
-                self.env.process(self._stream(state))
+        streams, calls = self._streams()
+        if calls:
+            self._init_collectives(calls)
+        for device, stream, stream_entries in streams:
+            state = _StreamState(device, stream, stream_entries)
+            self.states.append(state)
+            owner.update((task, state) for entry in stream_entries for task in entry.tasks)
+            if calls:
+                self.coll_member.update(((e.collective.name, device), state) for e in stream_entries if e.collective)
+            self.env.process(self._stream(state))
         self.env.run()
         completed = all(state.done for state in self.states)
         if not completed:
