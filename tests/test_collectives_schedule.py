@@ -192,3 +192,28 @@ class TestTimeline:
         with pytest.raises(ScheduleRejected) as info:
             simulate(problem, schedule_from_dict(doc))
         assert len(info.value.violations) == 2
+
+
+class TestWithOtherTraffic:
+    """Direct 1 GB/s links, no latency; operators take 1 s per pass."""
+
+    def test_a_collective_holds_the_link_an_activation_needs(self, make_problem, op):
+        problem = make_problem([op("s0"), op("s1")], [("s0", "s1", 1e9)], devices=2, bandwidth=1e9, mode="inference")
+        send = CollectiveCall("p2p", Collective("send_recv", ("gpu0", "gpu1"), 2e9))
+        alone = Schedule.from_lists({"gpu0": [Task("s0", 0, "F")], "gpu1": [Task("s1", 0, "F")]})
+        both = Schedule.from_lists({"gpu0": [send, Task("s0", 0, "F")], "gpu1": [send, Task("s1", 0, "F")]})
+        assert {str(e.entry): e.start for e in simulate(problem, alone).executed}["F:s1:0"] == 2  # 1 s + 1 GB / 1 GB/s
+        timeline = simulate(problem, both)
+        # The send holds gpu0->gpu1 for [0, 2]; the activation ready at 1 waits for the link.
+        assert {str(e.entry): e.start for e in timeline.executed}["F:s1:0"] == 3
+        assert [(t.start, t.end) for t in timeline.transfers] == [(2, 3)]
+
+    def test_on_an_ideal_interconnect_a_collective_only_synchronises(self, make_problem, op):
+        problem = make_problem([op("s0"), op("s1")], devices=2, mode="inference")
+        sync = CollectiveCall("barrier", Collective("all_reduce", ("gpu0", "gpu1"), 1e9), stream="compute")
+        schedule = Schedule.from_lists({"gpu0": [Task("s0", 0, "F"), sync], "gpu1": [sync, Task("s1", 0, "F")]})
+        timeline = simulate(problem, schedule)
+        assert sorted((e.device, str(e.entry), e.start, e.end) for e in timeline.executed) == [
+            ("gpu0", "F:s0:0", 0, 1), ("gpu0", "all_reduce:barrier", 1, 1),
+            ("gpu1", "F:s1:0", 1, 2), ("gpu1", "all_reduce:barrier", 1, 1),
+        ]
