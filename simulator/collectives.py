@@ -27,8 +27,10 @@ broadcast (pipelined)  (C+n−2)·(α + S/(C·B)) for C chunks
 send/recv              α + S/B
 =====================  ===========================================
 
-``hierarchical`` algorithms run on nodes of ``k`` group members each (``m`` nodes):
-see :func:`hierarchical_steps` for the two-level formula.
+A ring over ``m > 1`` nodes of ``k > 1`` members each runs NCCL's ``k`` channels, one
+leaving each node through each member's NIC (:func:`rail_ring_steps`). The
+``hierarchical`` algorithms run on nodes of ``k`` group members each: see
+:func:`hierarchical_steps` for the two-level formula.
 """
 
 from __future__ import annotations
@@ -171,11 +173,45 @@ def _parallel(step_lists: Sequence[list[Step]]) -> list[Step]:
     return [tuple(t for steps in step_lists if i < len(steps) for t in steps[i]) for i in range(length)]
 
 
-def _ring_collective(c: Collective) -> list[Step]:
+def _ring_collective(c: Collective, cluster: Cluster | None) -> list[Step]:
+    """A ring over the group; across nodes, NCCL's one ring per member of a node (see
+    :func:`rail_ring_steps`) when every node holds the same number (> 1) of members."""
     n = c.n
-    if c.op == "all_reduce":
-        return ring_steps(c.group, c.bytes / n, 2 * (n - 1))
-    return ring_steps(c.group, c.bytes / n, n - 1)  # reduce_scatter, all_gather
+    count = 2 * (n - 1) if c.op == "all_reduce" else n - 1  # reduce_scatter, all_gather: n - 1
+    nodes = _members_per_node(c, cluster) if cluster is not None else []
+    if len(nodes) > 1 and len(nodes[0]) > 1 and len({len(members) for members in nodes}) == 1:
+        return rail_ring_steps(nodes, c.bytes, count)
+    return ring_steps(c.group, c.bytes / n, count)
+
+
+def rail_ring_steps(nodes: Sequence[Sequence[str]], size: float, count: int) -> list[Step]:
+    """NCCL's rings across ``m`` nodes of ``k`` members: ``k`` channels, every NIC busy.
+
+    A single ring would cross InfiniBand through one NIC per node and leave the others
+    idle. NCCL instead runs one ring (*channel*) per local rank, each carrying ``S/k``:
+    channel ``c`` visits every node's members starting from its ``c``-th (``c, c+1, …,
+    c−1``) and leaves the node from member ``c−1`` to member ``c`` of the next node. In
+    each of the ``count`` steps every rank sends ``S/(k·n)`` per channel; member ``g``'s
+    ``k−1`` intra-node hops all go to member ``g+1`` and its one inter-node hop to member
+    ``g+1`` of the next node, so a step is, per member, one NVLink transfer of
+    ``(k−1)·S/(k·n)`` and one InfiniBand transfer of ``S/(k·n)`` on distinct links::
+
+        T = count · max(α₁ + (k−1)/k · S/(n·B₁),  α₂ + S/(k·n·B₂))
+
+    (``count`` = 2(n−1) for all-reduce, n−1 for reduce-scatter / all-gather).
+    """
+    k, m = len(nodes[0]), len(nodes)
+    chunk = size / (k * k * m)
+    step = tuple(
+        transfer
+        for j in range(m)
+        for g in range(k)
+        for transfer in (
+            PointToPoint(nodes[j][g], nodes[j][(g + 1) % k], (k - 1) * chunk),
+            PointToPoint(nodes[j][g], nodes[(j + 1) % m][(g + 1) % k], chunk),
+        )
+    )
+    return [step] * count
 
 
 def _all_to_all(c: Collective) -> list[Step]:
@@ -220,23 +256,25 @@ def _broadcast(c: Collective) -> list[Step]:
 
 
 # -- hierarchical ------------------------------------------------------------------------
-def node_groups(c: Collective, cluster: Cluster) -> list[list[str]]:
-    """The group's members per node (nodes in order of first appearance, members in group order).
-
-    Raises :class:`InputError` unless every node holds the same number of members.
-    """
+def _members_per_node(c: Collective, cluster: Cluster) -> list[list[str]]:
+    """The group's members per node: nodes in order of first appearance, members in group order."""
     nodes: dict[int, list[str]] = {}
     for device in c.group:
         if device not in cluster.by_name:
             raise InputError(f"unknown device {device!r} in the group", field="group")
         nodes.setdefault(cluster.by_name[device].node, []).append(device)
-    sizes = {len(members) for members in nodes.values()}
-    if len(sizes) != 1:
+    return list(nodes.values())
+
+
+def node_groups(c: Collective, cluster: Cluster) -> list[list[str]]:
+    """The group's members per node; :class:`InputError` unless every node holds as many."""
+    nodes = _members_per_node(c, cluster)
+    if len({len(members) for members in nodes}) != 1:
         raise InputError(
-            f"hierarchical needs the same number of group members on every node, got {sorted(len(m) for m in nodes.values())}",
+            f"hierarchical needs the same number of group members on every node, got {sorted(len(m) for m in nodes)}",
             field="group",
         )
-    return list(nodes.values())
+    return nodes
 
 
 def hierarchical_steps(c: Collective, cluster: Cluster) -> list[Step]:
@@ -273,7 +311,8 @@ def hierarchical_steps(c: Collective, cluster: Cluster) -> list[Step]:
 
 
 def collective_steps(c: Collective, cluster: Cluster | None = None) -> tuple[Step, ...]:
-    """The steps of ``c``; ``cluster`` is needed (for nodes) by the hierarchical algorithm.
+    """The steps of ``c``; with ``cluster``, rings across nodes use every node's NICs
+    (:func:`rail_ring_steps`); the hierarchical algorithm needs it.
 
     >>> ring = Collective("all_reduce", ("a", "b", "c"), bytes=3.0)
     >>> [len(step) for step in collective_steps(ring)], collective_steps(ring)[0][0]
@@ -284,7 +323,7 @@ def collective_steps(c: Collective, cluster: Cluster | None = None) -> tuple[Ste
             raise ValueError("the hierarchical algorithm needs the cluster (which device is on which node)")
         return tuple(hierarchical_steps(c, cluster))
     if c.op in ("all_reduce", "reduce_scatter", "all_gather"):
-        return tuple(_ring_collective(c))
+        return tuple(_ring_collective(c, cluster))
     if c.op == "all_to_all":
         return tuple(_all_to_all(c))
     if c.op == "broadcast":

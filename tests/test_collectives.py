@@ -110,13 +110,19 @@ class TestHierarchical:
         expected = (k - 1) * NV_A + (k - 1) / k * S / NV_B + (m - 1) * IB_A + (m - 1) / (k * m) * S / IB_B
         assert collective_time(c, cluster) == pytest.approx(expected, rel=REL)
 
-    def test_beats_a_flat_ring_across_nodes_for_large_buffers(self):
-        """The flat ring crosses InfiniBand in every step; the hierarchy only with S/k."""
-        cluster = h100(4)
-        flat = collective_time(Collective("all_reduce", names(cluster), S), cluster)
-        ring_formula = 2 * 31 * IB_A + 2 * 31 / 32 * S / IB_B  # every step waits for its IB hop
-        assert flat == pytest.approx(ring_formula, rel=REL)
-        assert collective_time(Collective("all_reduce", names(cluster), S, algorithm="hierarchical"), cluster) < flat / 2
+    @pytest.mark.parametrize("op,count", [("all_reduce", 2 * 31), ("reduce_scatter", 31), ("all_gather", 31)])
+    def test_a_ring_across_nodes_runs_one_channel_per_nic(self, op, count):
+        """NCCL's rings on 4 nodes × 8: 8 channels of S/8, each leaving a node by another
+        GPU's NIC: per step, NVLink (k−1)/k·S/(n·B₁) and InfiniBand S/(k·n·B₂) at once."""
+        cluster, k, n = h100(4), 8, 32
+        c = Collective(op, names(cluster), S)
+        step = max(NV_A + (k - 1) / k * S / (n * NV_B), IB_A + S / (k * n * IB_B))
+        assert collective_time(c, cluster) == pytest.approx(count * step, rel=REL)
+
+    def test_one_gpu_per_node_is_the_plain_ring_over_infiniband(self):
+        cluster = h100(4, 1)
+        c = Collective("all_reduce", names(cluster), S)
+        assert collective_time(c, cluster) == pytest.approx(2 * 3 / 4 * S / IB_B + 2 * 3 * IB_A, rel=REL)
 
     def test_unequal_nodes_are_refused_naming_the_group(self):
         from simulator.errors import InputError
