@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import simpy
 
 from simulator.cluster import Cluster, Route
-from simulator.collectives import PointToPoint, collective_steps
+from simulator.collectives import Collective, PointToPoint, Step, collective_steps
 from simulator.problem import Task
 from simulator.schedule import CollectiveCall
 
@@ -104,7 +104,7 @@ class _Run:
     def __init__(self, owner: CollectiveReplay, call: CollectiveCall, cluster: Cluster):
         self.owner = owner
         self.call = call
-        self.steps = collective_steps(call.collective, cluster)
+        self.steps = owner.steps_of(call.collective, cluster)
         self.missing_members = set(call.collective.group)
         self.missing_inputs = set(call.after)
         self.done = simpy.Event(owner.env)
@@ -181,6 +181,7 @@ class CollectiveReplay:
         self.arrive = arrive
         self.records: list[CollectiveRecord] = []
         self.transfers: list[CollectiveTransfer] = []
+        self._steps: dict[Collective, tuple[Step, ...]] = {}
         self.runs = {name: _Run(self, call, cluster) for name, call in calls.items()}
         #: Task -> the runs that wait for it to finish (``after``).
         self.watch: dict[Task, list[_Run]] = {}
@@ -191,6 +192,14 @@ class CollectiveReplay:
                 self.watch.setdefault(task, []).append(self.runs[name])
             for task in call.before:
                 self.gates.setdefault(task, []).append(collective_key(name))
+
+    def steps_of(self, collective: Collective, cluster: Cluster) -> tuple[Step, ...]:
+        """The steps of ``collective``, computed once per replay (layouts repeat the same
+        bucket all-reduce or layer all-gather many times)."""
+        steps = self._steps.get(collective)
+        if steps is None:
+            steps = self._steps[collective] = collective_steps(collective, cluster)
+        return steps
 
     def member_arrives(self, name: str, device: str) -> _Run:
         run = self.runs[name]

@@ -21,20 +21,29 @@ from simulator.schedule import CollectiveCall, Schedule
 
 __all__ = ["collective_violations"]
 
-Report = Callable[[str, str], None]
+#: ``report(kind, message, device)``: ``deadlock`` for what would hang, ``collective`` otherwise.
+Report = Callable[[str, str, "str | None"], None]
 
 
-def collective_violations(problem: Problem, schedule: Schedule, report: Report) -> None:
-    """Report (``report(category, message)``) every collective rule the schedule breaks."""
+def collective_violations(problem: Problem, schedule: Schedule) -> list[tuple[str, str, str | None]]:
+    """Every collective rule the schedule breaks, as ``(kind, message, device)``.
+
+    ``kind`` is ``deadlock`` for what would hang the replay (and an NCCL job), else
+    ``collective``; ``device`` is where (None for the collective as a whole).
+    """
+    found: list[tuple[str, str, str | None]] = []
+
+    def report(kind: str, message: str, device: str | None = None) -> None:
+        found.append((kind, message, device))
+
     calls = _calls(schedule, report)
-    if not calls:
-        return
     calls_on = _calls_by_device(schedule, report)
     for name, call in calls.items():
         _check_group(problem, name, call, calls_on, report)
         _check_tasks(problem, name, call, report)
     _check_stream_order(problem, schedule, report)
     _check_orders_agree(schedule, report)
+    return found
 
 
 def _calls(schedule: Schedule, report: Report) -> dict[str, CollectiveCall]:
@@ -45,7 +54,7 @@ def _calls(schedule: Schedule, report: Report) -> dict[str, CollectiveCall]:
             continue
         known = calls.setdefault(call.name, call)
         if known != call:
-            report("collective", f"collective {call.name!r} has two different definitions")
+            report("collective", f"collective {call.name!r} has two different definitions", None)
     return calls
 
 
@@ -59,7 +68,7 @@ def _calls_by_device(schedule: Schedule, report: Report) -> dict[str, set[str]]:
                 continue
             name = entry.collective.name
             if name in seen:
-                report("collective", f"{device}[{index}]: collective {name!r} is listed twice on {device}")
+                report("collective", f"{device}[{index}]: collective {name!r} is listed twice on {device}", device)
             seen.add(name)
     return out
 
@@ -69,28 +78,29 @@ def _check_group(problem: Problem, name: str, call: CollectiveCall, calls_on: di
     cluster = problem.cluster.by_name
     for device in group:
         if device not in cluster:
-            report("collective", f"collective {name!r}: group device {device!r} is not in the cluster")
+            report("collective", f"collective {name!r}: group device {device!r} is not in the cluster", device)
         elif name not in calls_on.get(device, ()):
             report(
-                "collective",
+                "deadlock",
                 f"deadlock: collective {name!r} never runs on {device}, a member of its group"
                 f" {list(group)}: the other members would wait for it forever",
+                device,
             )
     for device, names in calls_on.items():
         if name in names and device not in group:
-            report("collective", f"{device} runs collective {name!r} but is not in its group {list(group)}")
+            report("collective", f"{device} runs collective {name!r} but is not in its group {list(group)}", device)
     if call.collective.algorithm == "hierarchical" and all(d in cluster for d in group):
         try:
             node_groups(call.collective, problem.cluster)
         except InputError as exc:
-            report("collective", f"collective {name!r}: {exc.message}")
+            report("collective", f"collective {name!r}: {exc.message}", None)
 
 
 def _check_tasks(problem: Problem, name: str, call: CollectiveCall, report: Report) -> None:
     for key, tasks in (("after", call.after), ("before", call.before)):
         for task in tasks:
             if not problem.is_task(task):
-                report("collective", f"collective {name!r}: {key} names {task}, which does not exist in this problem")
+                report("collective", f"collective {name!r}: {key} names {task}, which does not exist in this problem", None)
 
 
 def _positions(problem: Problem, schedule: Schedule) -> dict[Task, tuple[str, str, int]]:
@@ -117,13 +127,13 @@ def _check_stream_order(problem: Problem, schedule: Schedule, report: Report) ->
             for task in call.after:
                 where = position.get(task)
                 if where is not None and where[:2] == (device, call.stream) and where[2] > index:
-                    report("collective", f"deadlock: {device}[{index}] runs collective {call.name!r}, which waits"
-                                         f" for {task}, listed after it on the same stream ({device}[{where[2]}])")
+                    report("deadlock", f"deadlock: {device}[{index}] runs collective {call.name!r}, which waits"
+                                       f" for {task}, listed after it on the same stream ({device}[{where[2]}])", device)
             for task in call.before:
                 where = position.get(task)
                 if where is not None and where[:2] == (device, call.stream) and where[2] < index:
-                    report("collective", f"deadlock: {task} at {device}[{where[2]}] waits for collective"
-                                         f" {call.name!r}, listed after it on the same stream ({device}[{index}])")
+                    report("deadlock", f"deadlock: {task} at {device}[{where[2]}] waits for collective"
+                                       f" {call.name!r}, listed after it on the same stream ({device}[{index}])", device)
 
 
 def _check_orders_agree(schedule: Schedule, report: Report) -> None:
@@ -145,4 +155,4 @@ def _check_orders_agree(schedule: Schedule, report: Report) -> None:
     except nx.NetworkXNoCycle:
         return
     parts = [f"{order.edges[a, b]['device']} runs {a!r} before {b!r}" for a, b in cycle]
-    report("collective", "deadlock: collectives called in conflicting orders: " + ", ".join(parts))
+    report("deadlock", "deadlock: collectives called in conflicting orders: " + ", ".join(parts), order.edges[cycle[0]]["device"])

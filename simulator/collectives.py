@@ -368,7 +368,14 @@ def collective_time(c: Collective, cluster: Cluster) -> float:
     for device in c.group:
         if device not in cluster.by_name:
             raise InputError(f"unknown device {device!r} in the group", field="group")
-    return sum(step_time(step, cluster) for step in collective_steps(c, cluster))
+    priced: dict[int, float] = {}  # a ring repeats one step object 2(n−1) times: price it once
+    total = 0.0
+    for step in collective_steps(c, cluster):
+        seconds = priced.get(id(step))
+        if seconds is None:
+            seconds = priced[id(step)] = step_time(step, cluster)
+        total += seconds
+    return total
 
 
 def bus_bandwidth_factor(op: str, n: int) -> float:

@@ -107,7 +107,8 @@ def static_violations(problem: Problem, schedule: Schedule) -> list[str]:
                 )
 
     if has_collectives:
-        collective_violations(problem, schedule, report)
+        for kind, message, _device in collective_violations(problem, schedule):
+            report(kind, message)
 
     messages: list[str] = []
     for category, items in found.items():
