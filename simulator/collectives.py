@@ -27,10 +27,10 @@ broadcast (pipelined)  (C+n−2)·(α + S/(C·B)) for C chunks
 send/recv              α + S/B
 =====================  ===========================================
 
-A ring over ``m > 1`` nodes of ``k > 1`` members each runs NCCL's ``k`` channels, one
-leaving each node through each member's NIC (:func:`rail_ring_steps`). The
-``hierarchical`` algorithms run on nodes of ``k`` group members each: see
-:func:`hierarchical_steps` for the two-level formula.
+Across ``m > 1`` nodes of ``k > 1`` members each, a ring runs NCCL's ``k`` channels,
+one leaving each node through each member's NIC (:func:`rail_ring_steps`), and an
+all-to-all runs its NVLink and InfiniBand exchanges side by side (:func:`_all_to_all`).
+The ``hierarchical`` algorithms: see :func:`hierarchical_steps` for the two-level formula.
 """
 
 from __future__ import annotations
@@ -214,22 +214,41 @@ def rail_ring_steps(nodes: Sequence[Sequence[str]], size: float, count: int) -> 
     return [step] * count
 
 
-def _all_to_all(c: Collective) -> list[Step]:
-    """Pairwise exchange: in step ``k`` rank ``i`` sends its block for rank ``i + k``.
-
-    Zero-byte blocks are not sent (a placement may route nothing between two ranks).
-    """
-    n, group = c.n, c.group
+def _exchange(c: Collective, pairs: list[list[tuple[int, int]]]) -> list[Step]:
+    """Steps of ``(sender, receiver)`` index pairs; zero-byte blocks are not sent (a
+    placement may route nothing between two ranks), and empty steps are dropped."""
     steps = []
-    for k in range(1, n):
-        step = tuple(
-            PointToPoint(group[i], group[(i + k) % n], c.pair_bytes(i, (i + k) % n))
-            for i in range(n)
-            if c.pair_bytes(i, (i + k) % n) > 0
-        )
+    for step_pairs in pairs:
+        step = tuple(PointToPoint(c.group[i], c.group[j], c.pair_bytes(i, j)) for i, j in step_pairs if c.pair_bytes(i, j) > 0)
         if step:
             steps.append(step)
     return steps
+
+
+def _all_to_all(c: Collective, cluster: Cluster | None) -> list[Step]:
+    """Pairwise exchange: in step ``s`` rank ``i`` sends its block for rank ``i + s``.
+
+    Across ``m`` nodes of ``k`` members each, the exchange inside the node (``k − 1``
+    steps on NVLink) and the one across nodes (``(m − 1)·k`` steps, each rank to a
+    different rank of another node, on InfiniBand) run side by side, as NCCL posts
+    every send at once: their links are disjoint, so with a uniform buffer ``S``::
+
+        T = (k−1)·max(α₁ + S/(n·B₁), α₂ + S/(n·B₂)) + ((m−1)·k − (k−1))·(α₂ + S/(n·B₂))
+    """
+    n = c.n
+    nodes = _members_per_node(c, cluster) if cluster is not None else []
+    if len(nodes) < 2 or len(nodes[0]) < 2 or len({len(members) for members in nodes}) != 1:
+        return _exchange(c, [[(i, (i + s) % n) for i in range(n)] for s in range(1, n)])
+    k, m = len(nodes[0]), len(nodes)
+    index = {device: i for i, device in enumerate(c.group)}
+    rank = [[index[device] for device in members] for members in nodes]
+    inside = [[(rank[a][g], rank[a][(g + e) % k]) for a in range(m) for g in range(k)] for e in range(1, k)]
+    across = [
+        [(rank[a][g], rank[(a + d) % m][(g + e) % k]) for a in range(m) for g in range(k)]
+        for d in range(1, m)
+        for e in range(k)
+    ]
+    return _parallel([_exchange(c, inside), _exchange(c, across)])
 
 
 def broadcast_chunks(c: Collective) -> int:
@@ -325,7 +344,7 @@ def collective_steps(c: Collective, cluster: Cluster | None = None) -> tuple[Ste
     if c.op in ("all_reduce", "reduce_scatter", "all_gather"):
         return tuple(_ring_collective(c, cluster))
     if c.op == "all_to_all":
-        return tuple(_all_to_all(c))
+        return tuple(_all_to_all(c, cluster))
     if c.op == "broadcast":
         return tuple(_broadcast(c))
     return ((PointToPoint(c.group[0], c.group[1], c.bytes),),)  # send_recv

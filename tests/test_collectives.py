@@ -78,6 +78,13 @@ class TestRingFormulas:
         c = Collective("all_to_all", names(full(n)), S)
         assert collective_time(c, full(n)) == pytest.approx((n - 1) / n * S / B + (n - 1) * ALPHA, rel=REL)
 
+    def test_across_nodes_the_all_to_all_overlaps_nvlink_and_infiniband(self):
+        """2 nodes × 8: 7 NVLink steps alongside the first of 8 InfiniBand steps."""
+        cluster, k, m, n = h100(2), 8, 2, 16
+        nvlink, infiniband = NV_A + S / (n * NV_B), IB_A + S / (n * IB_B)
+        expected = (k - 1) * max(nvlink, infiniband) + ((m - 1) * k - (k - 1)) * infiniband
+        assert collective_time(Collective("all_to_all", names(cluster), S), cluster) == pytest.approx(expected, rel=REL)
+
     @pytest.mark.parametrize("chunks", [1, 4, 64])
     def test_broadcast_pipelines_c_chunks_down_the_chain(self, chunks):
         n = 4
