@@ -91,7 +91,7 @@ def main() -> None:
             seconds = time.monotonic() - began
             spans[formulation] = result.makespan
             busy = {d: 0.0 for d in graph.devices}
-            for i, (device, _) in enumerate(graph.stream_of):
+            for i, (device, _) in enumerate(graph.device_stream):
                 busy[device] += graph.duration[i]
             bubble = max(result.makespan - b for b in busy.values()) / result.makespan
             ratio = result.makespan / spans["tight"]

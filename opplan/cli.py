@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except ScheduleRejected as exc:
         click.echo(f"opplan: error: {exc.file + ': ' if exc.file else ''}schedule rejected", err=True)
         for violation in exc.violations:
-            click.echo(f"  - {violation}", err=True)
+            click.echo(f"  - {violation.message}", err=True)
         return 1
     except OpplanError as exc:
         click.echo(f"opplan: error: {exc}", err=True)

@@ -26,7 +26,7 @@ from planner.heuristics import best_list_schedule
 from planner.memory import memory_limits
 from planner.mip.lower import LowerLevelResult, Progress, solve_schedule
 from planner.mip.upper import solve_placement
-from planner.placements import by_operator, contiguous_partitions, is_chain, pipeline_placements
+from planner.placements import by_operator, contiguous_partitions, pipeline_placements
 from planner.taskgraph import TaskGraph
 from simulator.coarsen import chain_groups, coarsen
 from simulator.engine import Timeline, replay
@@ -84,10 +84,8 @@ def _check_fits(scenario: Scenario, limits: Mapping[str, float]) -> None:
 
 def _builtin_candidates(scenario: Scenario, limits: Mapping[str, float]) -> list[tuple[str, Schedule]]:
     """Applicable built-in schedules that replay cleanly within the memory limit."""
-    try:
-        from planner import schedules as builtins
-    except ImportError:  # pragma: no cover - the package is part of opplan
-        return []
+    from planner import schedules as builtins
+
     out = []
     for name, reason in builtins.available(scenario).items():
         if reason is not None:
@@ -99,7 +97,7 @@ def _builtin_candidates(scenario: Scenario, limits: Mapping[str, float]) -> list
             continue
         if timeline.violations:
             continue
-        peaks = {d: max(level for _, level in samples) for d, samples in timeline.memory.items()}
+        peaks = {d: level for d, (_, level) in timeline.memory_peaks().items()}
         if all(peaks[d] <= limits[d] * (1 + 1e-9) for d in peaks):
             out.append((name, schedule))
     return out
@@ -170,7 +168,7 @@ def plan(
         raw.append((f"{name} (built-in)", schedule.placement(), schedule))
     for name, placement in pipeline_placements(problem).items():
         raw.append((name, placement, None))
-    if not is_chain(problem):
+    if not problem.graph.is_chain:
         raw.extend((name, placement, None) for name, placement in _upper_level_placements(scenario, limits, 0.2 * budget))
     say(f"upper level: {len(raw)} candidate placements")
 
@@ -240,7 +238,7 @@ def plan(
     )
     timeline = replay(problem, schedule)
     if timeline.violations:
-        raise InfeasibleError("the planned schedule failed its replay: " + timeline.violations[0], file=scenario.file)
+        raise InfeasibleError("the planned schedule failed its replay: " + timeline.violations[0].message, file=scenario.file)
     return PlanResult(
         schedule=schedule,
         timeline=timeline,

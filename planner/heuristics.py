@@ -79,8 +79,8 @@ def list_schedule(
     p = graph.duration
     key = _priority(graph, rule, seed)
     delta = graph.memory_delta()
-    stream_of = graph.stream_of
-    device_of = [s[0] for s in stream_of]
+    device_stream = graph.device_stream
+    device_of = [s[0] for s in device_stream]
     limits = dict(memory_limit or {d: graph.problem.cluster.by_name[d].memory_bytes for d in graph.devices})
     memory = dict(graph.static_memory)
     peak = dict(memory)
@@ -89,7 +89,7 @@ def list_schedule(
     ready: dict[tuple[str, str], set[int]] = {s: set() for s in graph.streams}
     for j in range(n):
         if waiting[j] == 0:
-            ready[stream_of[j]].add(j)
+            ready[device_stream[j]].add(j)
     free_at = dict.fromkeys(graph.streams, 0.0)
     # Memory is released when a task ends; keep (end, device, amount) until the clock passes it.
     releases: list[tuple[float, str, float]] = []
@@ -168,7 +168,7 @@ def list_schedule(
             ready_time[arc.dst] = max(ready_time[arc.dst], end + arc.lag)
             waiting[arc.dst] -= 1
             if waiting[arc.dst] == 0:
-                ready[stream_of[arc.dst]].add(arc.dst)
+                ready[device_stream[arc.dst]].add(arc.dst)
     shifted = graph.left_shift(order)
     return HeuristicResult(rule, reserve, order, shifted, graph.makespan(shifted), peak)
 

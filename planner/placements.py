@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from simulator.errors import InfeasibleError
 from simulator.problem import Problem, Task
 
-__all__ = ["by_operator", "is_chain", "chain_order", "pipeline_placements", "contiguous_partitions"]
+__all__ = ["by_operator", "pipeline_placements", "contiguous_partitions"]
 
 
 def by_operator(problem: Problem, op_device: Mapping[str, str]) -> dict[Task, str]:
@@ -23,18 +23,6 @@ def by_operator(problem: Problem, op_device: Mapping[str, str]) -> dict[Task, st
     if missing:
         raise InfeasibleError(f"no device for operator {missing[0]!r}")
     return {task: op_device[task.op] for task in problem.tasks()}
-
-
-def is_chain(problem: Problem) -> bool:
-    """True when the operators form one path (a pipeline of stages)."""
-    graph = problem.graph
-    return all(len(graph.predecessors[o]) <= 1 and len(graph.successors[o]) <= 1 for o in graph.by_name) and (
-        len(graph.edges) == len(graph.operators) - 1
-    )
-
-
-def chain_order(problem: Problem) -> tuple[str, ...]:
-    return problem.graph.topological_order
 
 
 def contiguous_partitions(problem: Problem, devices: int) -> dict[str, str]:
@@ -80,9 +68,9 @@ def pipeline_placements(problem: Problem) -> dict[str, dict[Task, str]]:
     second half run stage s on device D-1-s (DualPipe); ``v-shape``: S = 2D stages,
     stage s < D on device s and stage s >= D on device 2D-1-s (ZB-V, DualPipeV).
     """
-    if not is_chain(problem):
+    if not problem.graph.is_chain:
         return {}
-    stages = list(chain_order(problem))
+    stages = list(problem.graph.topological_order)
     names = problem.cluster.device_names
     count, total = len(names), len(stages)
     m = problem.workload.micro_batches

@@ -6,8 +6,9 @@ device* and the stream is free (and not before its declared ``start``, if any). 
 a task finishes, its outputs go to the devices of the tasks that consume them: at
 once on the same device, otherwise as a transfer process that holds every link of the
 route (SimPy ``Resource`` of capacity 1, acquired in a fixed order so transfers never
-deadlock each other) for ``latency + bytes / bandwidth``. Memory is a SimPy
-``Container`` per device; every allocation is checked against the capacity.
+deadlock each other) for ``latency + bytes / bandwidth``. Memory is a plain float per
+device (bytes in use), not a SimPy ``Container``: nothing ever waits for memory, an
+allocation that goes over the capacity is recorded as a violation instead of blocking.
 
 Collective entries (all-reduce, all-to-all, ...) are replayed by
 :mod:`simulator.collective_replay`: a member's stream waits in the collective until
@@ -35,6 +36,7 @@ from simulator.errors import ScheduleRejected
 from simulator.problem import Problem, Task
 from simulator.schedule import CollectiveCall, Entry, Schedule
 from simulator.validation import static_violations
+from simulator.violations import Violation
 
 __all__ = ["Executed", "Transfer", "Timeline", "gc_paused", "replay", "simulate"]
 
@@ -73,7 +75,7 @@ class Timeline:
     #: Per device: (time, bytes in use) after each change, starting with static memory at 0.
     memory: Mapping[str, tuple[tuple[float, float], ...]]
     static_memory: Mapping[str, float]
-    violations: tuple[str, ...]
+    violations: tuple[Violation, ...]
     makespan: float
     completed: bool
     #: Every collective as it ran, and the point-to-point transfers of its steps.
@@ -83,6 +85,14 @@ class Timeline:
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    def memory_peaks(self) -> dict[str, tuple[float, float]]:
+        """Per device: ``(time, bytes)`` of its highest memory level (the first time it is reached).
+
+        The one place a peak is read off the samples: reports, ``--memory-like`` and the
+        planner's memory checks all use it.
+        """
+        return {device: max(samples, key=lambda s: (s[1], -s[0])) for device, samples in self.memory.items()}
 
 
 #: Flat key of a delivered tensor: (pred_op, pred_kind, mb, consumer_op, consumer_kind).
@@ -214,7 +224,7 @@ class _Replay:
         self.waiting: dict[_Key, simpy.Event] = {}
         self.executed: list[Executed] = []
         self.transfers: list[Transfer] = []
-        self.violations: list[str] = []
+        self.violations: list[Violation] = []
         cluster = problem.cluster
         self.links = {link.name: simpy.Resource(self.env, capacity=1) for link in cluster.links}
         self.capacity = {d.name: d.memory_bytes for d in cluster.devices}
@@ -227,12 +237,10 @@ class _Replay:
         self.paths: dict[tuple[str, str], tuple[Route, tuple[simpy.Resource, ...]] | None] = {}
         self.task_memory = {key: problem.task_memory(*key) for key in self.deps}
         # Memory: static (weights, gradients, optimizer state of every operator the device runs).
-        ops_on: dict[str, set[str]] = {d: set() for d in schedule.devices}
-        for task, device in self.placement.items():
-            ops_on[device].add(task[0])
-        by_name = problem.graph.by_name
-        self.static = {d: float(sum(by_name[o].static_bytes for o in ops)) for d, ops in ops_on.items()}
-        self.memory = {d: simpy.Container(self.env, init=0.0) for d in schedule.devices}
+        static = problem.static_memory(self.placement)
+        self.static = {d: static.get(d, 0.0) for d in schedule.devices}
+        #: Bytes in use per device.
+        self.level = dict.fromkeys(schedule.devices, 0.0)
         self.samples: dict[str, list[tuple[float, float]]] = {d: [(0.0, 0.0)] for d in schedule.devices}
         for device, amount in self.static.items():
             self._allocate(device, amount)
@@ -286,9 +294,7 @@ class _Replay:
     def _allocate(self, device: str, amount: float) -> None:
         if amount <= 0:
             return
-        container = self.memory[device]
-        container._level += amount  # Container.put would block at capacity; we report instead.
-        level = container._level
+        level = self.level[device] = self.level[device] + amount
         self.samples[device].append((self.env.now, level))
         if level > self.capacity[device] * (1 + 1e-12):
             worst = self.over_capacity.get(device)
@@ -298,9 +304,8 @@ class _Replay:
     def _free(self, device: str, amount: float) -> None:
         if amount <= 0:
             return
-        container = self.memory[device]
-        container._level -= amount
-        self.samples[device].append((self.env.now, container._level))
+        level = self.level[device] = self.level[device] - amount
+        self.samples[device].append((self.env.now, level))
 
     # -- data movement ---------------------------------------------------------------------
     def _arrive(self, key: _Key) -> None:
@@ -364,15 +369,15 @@ class _Replay:
         }
 
     def _stream(self, state: _StreamState):
+        """The SimPy process of one device stream: each entry waits for its inputs (and its
+        declared start), allocates, runs, frees and delivers, in the listed order."""
         env = self.env
-        problem = self.problem
-        device = state.device
+        device, stream = state.device, state.stream
         costs = self._costs(device)
         preds = self.preds
         arrival, waiting = self.arrival, self.waiting
         executed = self.executed
-        allocate, free, deliver, inputs_of = self._allocate, self._free, self._deliver, self._inputs
-        stream = state.stream
+        allocate, free, deliver = self._allocate, self._free, self._deliver
         gates, watched = self.gates, self.watched
         for index, entry in enumerate(state.entries):
             state.position = index
@@ -385,7 +390,7 @@ class _Replay:
                 template = preds[op, kind]
                 inputs = [(p, k, mb, op, kind) for p, k in template] if template else ()
             else:
-                inputs = inputs_of(entry)
+                inputs = self._inputs(entry)
             if gates:
                 inputs = self._gated(entry, inputs)
             for key in inputs:
@@ -397,30 +402,17 @@ class _Replay:
                     yield event
             state.waiting_on = None
             if entry.start is not None:
-                ready = env.now
-                if entry.start > ready:
-                    yield env.timeout(entry.start - ready)
-                elif entry.start < ready - (1e-9 + 1e-6 * entry.start):
-                    self.violations.append(
-                        f"{entry} on {device} is declared to start at {entry.start * 1e3:.6g} ms"
-                        f" but cannot start before {ready * 1e3:.6g} ms (inputs or the stream are not ready)"
-                    )
+                if entry.start > env.now:
+                    yield env.timeout(entry.start - env.now)
+                else:
+                    self._check_start(entry, device)
             start = env.now
             if len(tasks) == 1:
                 duration, alloc, freed = costs[op, kind]
                 if alloc > 0:
                     allocate(device, alloc)
             else:
-                parts = [costs[t_op, t_kind] for t_op, _, t_kind in tasks]
-                times = [part[0] for part in parts]
-                if entry.overlap:
-                    duration = problem.fused_duration(times[0], sum(times[1:]))
-                else:
-                    duration = sum(times)
-                freed = 0.0
-                for _, alloc, t_free in parts:
-                    allocate(device, alloc)
-                    freed += t_free
+                duration, freed = self._start_group(entry, costs, device)
             if duration > 0:
                 yield env.timeout(duration)
             if freed > 0:
@@ -432,6 +424,30 @@ class _Replay:
                     self.coll.task_done(task)  # type: ignore[union-attr]
         state.position = len(state.entries)
         state.done = True
+
+    def _start_group(self, entry: Entry, costs: Mapping, device: str) -> tuple[float, float]:
+        """Allocate for every task of a group at its start; return (seconds, bytes freed at its end)."""
+        parts = [costs[op, kind] for op, _, kind in entry.tasks]
+        times = [part[0] for part in parts]
+        if entry.overlap:
+            duration = self.problem.fused_duration(times[0], sum(times[1:]))
+        else:
+            duration = sum(times)
+        freed = 0.0
+        for _, alloc, task_frees in parts:
+            self._allocate(device, alloc)
+            freed += task_frees
+        return duration, freed
+
+    def _check_start(self, entry: Entry, device: str) -> None:
+        """An entry ready only after its declared start runs late: a ``start`` violation."""
+        declared, ready = entry.start, self.env.now
+        assert declared is not None
+        if declared < ready - (1e-9 + 1e-6 * declared):
+            message = (f"{entry} on {device} is declared to start at {declared * 1e3:.6g} ms"
+                       f" but cannot start before {ready * 1e3:.6g} ms (inputs or the stream are not ready)")
+            self.violations.append(Violation("start", message, device=device, task=entry.tasks[0],
+                                             time=declared, amount=ready - declared))
 
     def run(self) -> Timeline:
         with gc_paused():
@@ -452,13 +468,12 @@ class _Replay:
         self.env.run()
         completed = all(state.done for state in self.states)
         if not completed:
-            self.violations.insert(0, self._deadlock_message())
+            self.violations.insert(0, self._deadlock())
         for device, (when, level) in sorted(self.over_capacity.items()):
             cap = self.capacity[device]
-            self.violations.append(
-                f"memory over capacity on {device}: {level / 1e9:.4g} GB in use at {when * 1e3:.6g} ms,"
-                f" {(level - cap) / 1e9:.4g} GB over its {cap / 1e9:.4g} GB"
-            )
+            message = (f"memory over capacity on {device}: {level / 1e9:.4g} GB in use at {when * 1e3:.6g} ms,"
+                       f" {(level - cap) / 1e9:.4g} GB over its {cap / 1e9:.4g} GB")
+            self.violations.append(Violation("memory", message, device=device, time=when, amount=level - cap))
         ends = [e.end for e in self.executed] + [t.end for t in self.transfers]
         coll = self.coll
         return Timeline(
@@ -475,7 +490,7 @@ class _Replay:
             collective_transfers=tuple(coll.transfers) if coll else (),
         )
 
-    def _deadlock_message(self) -> str:
+    def _deadlock(self) -> Violation:
         """Follow 'stream A waits for a task that stream B has not run' to a cycle."""
         stuck = [s for s in self.states if not s.done]
         for first in stuck:
@@ -487,9 +502,21 @@ class _Replay:
             if state is None:
                 continue
             cycle = seen[seen.index(state):]
-            return "deadlock: " + "; ".join(self._waits(s) for s in cycle)
+            return Violation("deadlock", "deadlock: " + "; ".join(self._waits(s) for s in cycle),
+                             device=cycle[0].device, task=self._waiting_task(cycle[0]))
         heads = ", ".join(f"{s.device}:{s.entries[s.position]}" for s in stuck[:5])
-        return f"deadlock: {len(stuck)} streams never finished (stuck at {heads})"
+        message = f"deadlock: {len(stuck)} streams never finished (stuck at {heads})"
+        return Violation("deadlock", message, device=stuck[0].device, task=self._waiting_task(stuck[0]))
+
+    @staticmethod
+    def _waiting_task(state: _StreamState) -> Task | None:
+        """The task ``state`` is stuck at: the consumer of the input it waits for, else its
+        entry's first task (None in a collective entry, which has no task)."""
+        key = state.waiting_on
+        if key is not None and len(key) == 5:
+            return Task(key[3], key[2], key[4])
+        tasks = state.entries[state.position].tasks if state.position < len(state.entries) else ()
+        return tasks[0] if tasks else None
 
     def _blocker(self, state: _StreamState) -> _StreamState | None:
         """The stream ``state`` waits for: the owner of its missing input or, in a

@@ -22,11 +22,10 @@ import networkx as nx
 
 from simulator.errors import InputError
 
-__all__ = ["KINDS", "TRAINING_KINDS", "Operator", "Edge", "OperatorGraph", "chain_graph"]
+__all__ = ["KINDS", "Operator", "Edge", "OperatorGraph", "chain_graph"]
 
 #: Task kinds: forward, backward for inputs, backward for weights.
 KINDS = ("F", "B", "W")
-TRAINING_KINDS = KINDS
 STREAMS = ("compute", "comm")
 
 
@@ -180,6 +179,29 @@ class OperatorGraph:
         """Deterministic topological order (ties broken by declaration order)."""
         position = {op.name: i for i, op in enumerate(self.operators)}
         return tuple(nx.lexicographical_topological_sort(self.dag, key=position.__getitem__))
+
+    def chain_break(self) -> str | None:
+        """Why the operators are not one path ``s0 -> s1 -> ...`` (a pipeline of stages), or
+        None when they are: the first operator that branches, else the first two operators
+        of the topological order that no edge joins.
+
+        >>> chain_graph("p", 3, {"F": 1.0}).chain_break() is None
+        True
+        >>> OperatorGraph("two", (Operator("a"), Operator("b"))).chain_break()
+        "nothing flows from 'a' to 'b'"
+        """
+        for op in self.operators:
+            if len(self.predecessors[op.name]) > 1 or len(self.successors[op.name]) > 1:
+                return f"operator {op.name!r} branches"
+        order = self.topological_order
+        for first, second in zip(order, order[1:]):
+            if not any(edge.dst == second for edge in self.successors[first]):
+                return f"nothing flows from {first!r} to {second!r}"
+        return None
+
+    @property
+    def is_chain(self) -> bool:
+        return self.chain_break() is None
 
     def __len__(self) -> int:
         return len(self.operators)

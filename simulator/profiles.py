@@ -188,38 +188,47 @@ def build_cluster(section: Section, *, base_dir: Path | None = None) -> Cluster:
         if key in section:
             memory_override = section.number(key, strictly_positive=True) * 1e9
     if "profile" in section:
-        try:
-            profile = load_profile(section.str("profile"), base_dir=base_dir)
-        except InputError as exc:
-            if exc.file is None:
-                exc.file = section.file
-                exc.field = section.where("profile")
-            raise
-        nodes = section.integer("nodes", 1, minimum=1)
-        per_node = section.integer("gpus_per_node", profile.gpus_per_node, minimum=1)
-        if per_node > profile.gpus_per_node:
-            raise section.error(f"profile {profile.name} has {profile.gpus_per_node} GPUs per node", "gpus_per_node")
-        devices = [
-            Device(
-                name=f"gpu{i}",
-                type=profile.device_type,
-                memory_bytes=memory_override or profile.memory_bytes,
-                peak_flops=profile.peak_flops,
-                efficiency=profile.efficiency,
-                node=i // per_node,
-            )
-            for i in range(nodes * per_node)
-        ]
-        return _switched_cluster(
-            section.raw("name", f"{nodes}x{per_node} {profile.name}"),
-            devices,
-            per_node,
-            profile.intra_bandwidth * profile.intra_efficiency * scale,
-            profile.intra_latency,
-            profile.inter_bandwidth * profile.inter_efficiency * scale,
-            profile.inter_latency,
-        )
+        return _profile_cluster(section, scale, memory_override, base_dir)
+    return _custom_cluster(section, scale, memory_override)
 
+
+def _profile_cluster(section: Section, scale: float, memory_override: float | None, base_dir: Path | None) -> Cluster:
+    """``nodes`` nodes of a hardware profile, switched within and across nodes."""
+    try:
+        profile = load_profile(section.str("profile"), base_dir=base_dir)
+    except InputError as exc:
+        if exc.file is None:
+            exc.file = section.file
+            exc.field = section.where("profile")
+        raise
+    nodes = section.integer("nodes", 1, minimum=1)
+    per_node = section.integer("gpus_per_node", profile.gpus_per_node, minimum=1)
+    if per_node > profile.gpus_per_node:
+        raise section.error(f"profile {profile.name} has {profile.gpus_per_node} GPUs per node", "gpus_per_node")
+    devices = [
+        Device(
+            name=f"gpu{i}",
+            type=profile.device_type,
+            memory_bytes=memory_override or profile.memory_bytes,
+            peak_flops=profile.peak_flops,
+            efficiency=profile.efficiency,
+            node=i // per_node,
+        )
+        for i in range(nodes * per_node)
+    ]
+    return _switched_cluster(
+        section.raw("name", f"{nodes}x{per_node} {profile.name}"),
+        devices,
+        per_node,
+        profile.intra_bandwidth * profile.intra_efficiency * scale,
+        profile.intra_latency,
+        profile.inter_bandwidth * profile.inter_efficiency * scale,
+        profile.inter_latency,
+    )
+
+
+def _custom_cluster(section: Section, scale: float, memory_override: float | None) -> Cluster:
+    """``devices: N`` alike devices on an ideal interconnect, a switch, or explicit ``links:``."""
     count = section.integer("devices", minimum=1)
     spec = section.section("device", {})
     spec.check_keys({"type", "memory_gb", "peak_tflops", "efficiency"})
@@ -237,22 +246,7 @@ def build_cluster(section: Section, *, base_dir: Path | None = None) -> Cluster:
     ]
     name = section.raw("name", f"{count} devices")
     if "links" in section:
-        links = []
-        names = {d.name for d in devices}
-        for item in section.sections("links"):
-            item.check_keys({"src", "dst", "bandwidth_GBps", "bandwidth_MBps", "bandwidth_Bps", "latency_s",
-                             "latency_ms", "latency_us", "latency_ns", "bidirectional", "name"})
-            src, dst = item.str("src"), item.str("dst")
-            bandwidth = read_bandwidth(item, "bandwidth") * scale
-            latency = read_seconds(item, "latency", 0.0)
-            for end, key in ((src, "src"), (dst, "dst")):
-                if end.startswith("gpu") and end not in names:
-                    raise item.error(f"unknown device {end!r}", key)
-            base = item.raw("name", f"{src}->{dst}")
-            links.append(Link(base, src, dst, bandwidth, latency))
-            if item.bool("bidirectional", True):
-                links.append(Link(f"{base}.rev", dst, src, bandwidth, latency))
-        return Cluster(name=name, devices=tuple(devices), links=tuple(links))
+        return Cluster(name=name, devices=tuple(devices), links=_explicit_links(section, devices, scale))
     interconnect = section.raw("interconnect", "ideal")
     if interconnect == "ideal":
         return Cluster(name=name, devices=tuple(devices), ideal_interconnect=True)
@@ -262,4 +256,24 @@ def build_cluster(section: Section, *, base_dir: Path | None = None) -> Cluster:
     bandwidth = read_bandwidth(link_spec, "bandwidth") * scale
     latency = read_seconds(link_spec, "latency", 0.0)
     return _switched_cluster(name, devices, per_node, bandwidth, latency, bandwidth, latency)
+
+
+def _explicit_links(section: Section, devices: list[Device], scale: float) -> tuple[Link, ...]:
+    """The ``links:`` list; each link is bidirectional (a ``.rev`` twin) unless it says not."""
+    links = []
+    names = {d.name for d in devices}
+    for item in section.sections("links"):
+        item.check_keys({"src", "dst", "bandwidth_GBps", "bandwidth_MBps", "bandwidth_Bps", "latency_s",
+                         "latency_ms", "latency_us", "latency_ns", "bidirectional", "name"})
+        src, dst = item.str("src"), item.str("dst")
+        bandwidth = read_bandwidth(item, "bandwidth") * scale
+        latency = read_seconds(item, "latency", 0.0)
+        for end, key in ((src, "src"), (dst, "dst")):
+            if end.startswith("gpu") and end not in names:
+                raise item.error(f"unknown device {end!r}", key)
+        base = item.raw("name", f"{src}->{dst}")
+        links.append(Link(base, src, dst, bandwidth, latency))
+        if item.bool("bidirectional", True):
+            links.append(Link(f"{base}.rev", dst, src, bandwidth, latency))
+    return tuple(links)
 

@@ -22,6 +22,8 @@ from types import MappingProxyType
 from typing import Any
 
 from simulator.errors import InputError
+from simulator.layout import Layout
+from simulator.memory_model import read_parallel
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
@@ -53,6 +55,8 @@ class Scenario:
     pipeline: Mapping[str, Any] = field(default_factory=dict)
     #: The model section as written (builders' settings, for reports).
     model_config: Mapping[str, Any] = field(default_factory=dict)
+    #: The ``parallel:`` layout (dp, tp, pp, ...), validated; not yet read by the replay.
+    parallel: Layout | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline", MappingProxyType(dict(self.pipeline)))
@@ -99,7 +103,7 @@ def scenario_from_dict(data: dict, path: str | Path) -> Scenario:
 
 
 def scenario_from_section(doc: Section, path: Path) -> Scenario:
-    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline"})
+    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline", "parallel"})
     base_dir = path.parent
     try:
         graph = build_model(doc.section("model"), base_dir)
@@ -130,4 +134,5 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
         schedule_file=schedule_file,
         pipeline=pipeline.data,
         model_config=doc.section("model").data,
+        parallel=read_parallel(doc, cluster, workload.mode == "training"),
     )

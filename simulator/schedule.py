@@ -111,7 +111,8 @@ class Entry:
             raise ValueError("an overlapped entry needs at least two tasks")
 
     @property
-    def task(self) -> Task:
+    def first(self) -> Task:
+        """The first task (the overlapped one of an ``overlap`` group; the only one of a single task)."""
         return self.tasks[0]
 
     def __str__(self) -> str:
@@ -308,9 +309,9 @@ def _entry_to_json(entry: Entry) -> Any:
     if len(entry.tasks) > 1:
         out: dict[str, Any] = {"overlap" if entry.overlap else "fused": [str(t) for t in entry.tasks]}
     elif entry.start is None:
-        return str(entry.task)
+        return str(entry.first)
     else:
-        out = {"task": str(entry.task)}
+        out = {"task": str(entry.first)}
     if entry.start is not None:
         out["start"] = entry.start
     return out

@@ -93,6 +93,11 @@ def problem(tmp_path):
     return load_scenario(path).problem
 
 
+def found(problem, doc) -> list[tuple]:
+    """``(kind, device, message)`` of every static violation of the schedule document ``doc``."""
+    return [(v.kind, v.device, v.message) for v in static_violations(problem, schedule_from_dict(doc))]
+
+
 class TestChecks:
     def test_a_valid_schedule_has_no_violations(self, problem):
         assert static_violations(problem, schedule_from_dict(document())) == []
@@ -100,16 +105,17 @@ class TestChecks:
     def test_a_member_that_never_calls_it_is_a_named_deadlock(self, problem):
         doc = document()
         doc["devices"]["gpu1"].pop()
-        assert static_violations(problem, schedule_from_dict(doc)) == [
+        assert found(problem, doc) == [(
+            "deadlock", "gpu1",
             "deadlock: collective 'grads' never runs on gpu1, a member of its group ['gpu0', 'gpu1']:"
-            " the other members would wait for it forever"
-        ]
+            " the other members would wait for it forever",
+        )]
 
     def test_unknown_group_device_and_a_non_member(self, problem):
         doc = document(group=["gpu0", "gpu7"])
-        assert static_violations(problem, schedule_from_dict(doc)) == [
-            "collective 'grads': group device 'gpu7' is not in the cluster",
-            "gpu1 runs collective 'grads' but is not in its group ['gpu0', 'gpu7']",
+        assert found(problem, doc) == [
+            ("collective", "gpu7", "collective 'grads': group device 'gpu7' is not in the cluster"),
+            ("collective", "gpu1", "gpu1 runs collective 'grads' but is not in its group ['gpu0', 'gpu7']"),
         ]
 
     def test_conflicting_orders_are_the_nccl_hang(self, problem):
@@ -117,23 +123,27 @@ class TestChecks:
         doc["collectives"]["other"] = {"op": "all_gather", "group": ["gpu0", "gpu1"], "bytes": 1e6}
         doc["devices"]["gpu0"].append({"collective": "other"})
         doc["devices"]["gpu1"].insert(3, {"collective": "other"})
-        (message,) = static_violations(problem, schedule_from_dict(doc))
+        ((kind, _, message),) = found(problem, doc)
+        assert kind == "deadlock"
         assert message.startswith("deadlock: collectives called in conflicting orders: ")
         assert "gpu0 runs 'grads' before 'other'" in message and "gpu1 runs 'other' before 'grads'" in message
 
     def test_waiting_for_a_task_listed_later_on_the_same_stream(self, problem):
         doc = document(after=["W:s1:0"], stream="compute")
         doc["devices"]["gpu1"] = ["F:s1:0", {"collective": "grads"}, "B:s1:0", "W:s1:0"]
-        assert static_violations(problem, schedule_from_dict(doc)) == [
-            "deadlock: gpu1[1] runs collective 'grads', which waits for W:s1:0, listed after it on the same stream (gpu1[3])"
-        ]
+        assert found(problem, doc) == [(
+            "deadlock", "gpu1",
+            "deadlock: gpu1[1] runs collective 'grads', which waits for W:s1:0, listed after it on the same stream (gpu1[3])",
+        )]
 
     def test_the_replay_names_a_cycle_through_a_collective(self, problem):
         """gpu1's comm stream waits in the all-reduce for W:s1:0, which waits (before) for it."""
         doc = document(after=["W:s1:0"], before=["W:s1:0"])
         timeline = replay(problem, schedule_from_dict(doc))
         assert not timeline.completed
-        assert timeline.violations[0] == "deadlock: gpu1 waits at W:s1:0 for collective 'grads' (W:s1:0 not yet run)"
+        (violation,) = timeline.violations
+        assert (violation.kind, violation.device, violation.task) == ("deadlock", "gpu1", Task("s1", 0, "W"))
+        assert violation.message == "deadlock: gpu1 waits at W:s1:0 for collective 'grads' (W:s1:0 not yet run)"
 
     def test_validate_command_names_the_file_and_the_deadlock(self, tmp_path, capsys):
         scenario, schedule = tmp_path / "dp2.yaml", tmp_path / "s.json"

@@ -8,66 +8,22 @@ simulator's report of the planned schedule. ``-o`` writes the schedule document.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from opplan.commands.common import scenario_argument, write_reports
 from opplan.output import write_output
+from opplan.planning import print_plan, progress_printer
+from planner.mip import FORMULATIONS
 from simulator.errors import InputError
 from simulator.metrics import build_report
-from simulator.report import fmt_bytes, fmt_ms, print_report
+from simulator.report import fmt_bytes, print_report
 from simulator.scenario import OBJECTIVES, load_scenario
 from simulator.schedule import schedule_to_dict
 
 __all__ = ["plan_command", "progress_printer", "print_plan"]
-
-
-#: The lower level's formulations (kept literal so ``opplan --help`` does not load CVXPY).
-FORMULATIONS = ("tight", "global-m")
-
-
-def progress_printer(console: Console, unit: float = 1e3) -> callable:
-    """A callback printing at most one progress line every two seconds."""
-    last = [0.0]
-
-    def show(p) -> None:
-        now = time.monotonic()
-        if now - last[0] < 2.0:
-            return
-        last[0] = now
-        incumbent = f"{p.incumbent * unit:.6g} ms" if p.incumbent is not None else "none yet"
-        bound = f"{p.bound * unit:.6g} ms" if p.bound is not None else "-"
-        gap = f"{100 * p.gap:.2f}%" if p.gap is not None else "-"
-        console.print(f"  [{p.elapsed:6.1f} s] incumbent {incumbent} | bound {bound} | gap {gap}", highlight=False)
-
-    return show
-
-
-def print_plan(result, console: Console) -> None:
-    table = Table(title="upper level: candidate placements (best order found for each)")
-    for header in ("placement", "makespan ms", "order from"):
-        table.add_column(header)
-    for name, span, source in result.candidates:
-        table.add_row(name, fmt_ms(span), source)
-    console.print(table)
-    lower = result.lower
-    console.print(
-        f"lower level: {lower.binaries} order binaries ({lower.fixed_pairs} pairs fixed by precedence, symmetry and"
-        f" time windows), {lower.neighbourhoods} neighbourhood sub-MIPs ({lower.improvements} improvements),"
-        f" status {lower.status}, {lower.solve_seconds:.1f} s"
-    )
-    console.print(
-        f"plan: makespan {fmt_ms(result.makespan)} ms (simulated) | MIP timing {fmt_ms(lower.makespan)} ms |"
-        f" lower bound {fmt_ms(lower.lower_bound)} ms | gap {100 * lower.gap:.2f}% | placement {result.placement}"
-        f" | memory limit {fmt_bytes(max(result.memory_limit.values()))}",
-        highlight=False,
-    )
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
 
 
 @click.command("plan")

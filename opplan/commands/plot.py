@@ -41,7 +41,7 @@ def _replayed(scenario_path: Path, schedule_path: Path | None, builtin: str | No
         raise
     if timeline.violations:
         click.echo(f"opplan: warning: the replay has {len(timeline.violations)} violations; drawn as it ran"
-                   f" (first: {timeline.violations[0]})", err=True)
+                   f" (first: {timeline.violations[0].message})", err=True)
     return timeline, [p for p in (scenario_path, used) if p is not None]
 
 

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import click
 import yaml
+from rich.console import Console
 
 from opplan.commands.common import scenario_argument
 from opplan.output import write_output
+from opplan.planning import planned_schedule
+from planner.memory import memory_like
 from planner.schedules import available, generate
 from planner.schedules.compare import comparison_rows, render_comparison
 from simulator.errors import InputError, ScheduleRejected
@@ -86,7 +89,12 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
         if violations:
             raise ScheduleRejected(violations, file=str(path))
     if with_plan:
-        schedules["opplan plan"] = _planned(loaded, plan_memory_like, time_limit)
+        console = Console(width=max(Console().width, 132))
+        limit = memory_like(loaded, plan_memory_like) if plan_memory_like else None
+        if limit is not None:
+            console.print(f"planner memory limit: {limit / 1e9:.4g} GB per device (the peak of {plan_memory_like})",
+                          highlight=False)
+        schedules["opplan plan"] = planned_schedule(loaded, time_limit=time_limit, memory_limit_bytes=limit, console=console)
     rows = comparison_rows(loaded, schedules, chunks=chunks, ranks=ranks)
     unavailable = {name: reason for name, reason in available(loaded, chunks=chunks, ranks=ranks).items() if reason}
     p = loaded.problem
@@ -95,20 +103,3 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
     if json_path is not None:
         text = json.dumps([row.to_dict() for row in rows], indent=1) + "\n"
         write_output(json_path, text, inputs=[scenario, *files.values()], option="--json")
-
-
-def _planned(scenario, memory_like_name: str | None, time_limit: float | None) -> Schedule:
-    """The planner's schedule for the comparison (progress goes to the terminal)."""
-    from rich.console import Console
-
-    from opplan.commands.plan import print_plan, progress_printer
-    from planner.bilevel import plan
-    from planner.memory import memory_like
-
-    console = Console(width=max(Console().width, 132))
-    limit = memory_like(scenario, memory_like_name) if memory_like_name else None
-    if limit is not None:
-        console.print(f"planner memory limit: {limit / 1e9:.4g} GB per device (the peak of {memory_like_name})", highlight=False)
-    result = plan(scenario, time_limit=time_limit, memory_limit_bytes=limit, progress=progress_printer(console))
-    print_plan(result, console)
-    return result.schedule

@@ -36,7 +36,6 @@ from types import MappingProxyType
 from typing import Any
 
 from opplan.sweeps.overrides import check_field
-from simulator.errors import InputError
 from simulator.yamlio import Section, read_section
 
 __all__ = ["PLANNER", "ALL_BUILTINS", "Point", "PlotSpec", "SweepSpec", "builtin_names", "is_schedule_file", "load_sweep", "point_key"]
@@ -106,14 +105,9 @@ class SweepSpec:
 
 def builtin_names() -> list[str]:
     """Names of the built-in schedules (``planner.schedules.SCHEDULES``), in their order."""
-    try:
-        from planner import schedules
-    except ImportError:  # pragma: no cover - the package ships with planner
-        schedules = None
-    names = getattr(schedules, "SCHEDULES", None)
-    if not names:
-        raise InputError("no built-in schedules are available in this installation", field="schedule")
-    return [str(name) for name in names]
+    from planner.schedules import SCHEDULES
+
+    return [str(name) for name in SCHEDULES]
 
 
 def is_schedule_file(value: str) -> bool:

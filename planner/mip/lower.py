@@ -40,13 +40,12 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
+from planner.mip import FORMULATIONS
 from planner.mip.highs import run_highs
 from planner.taskgraph import TaskGraph
 from simulator.errors import InfeasibleError
 
 __all__ = ["LowerLevelResult", "Progress", "solve_schedule", "FORMULATIONS"]
-
-FORMULATIONS = ("tight", "global-m")
 
 
 @dataclass(frozen=True)
@@ -293,7 +292,7 @@ def solve_schedule(
     if need_memory:
         device_tasks: dict[str, list[int]] = {}
         for t in range(n):
-            device_tasks.setdefault(graph.stream_of[t][0], []).append(t)
+            device_tasks.setdefault(graph.device_stream[t][0], []).append(t)
         for device, members in device_tasks.items():
             change = {u: delta[u][0] - delta[u][1] for u in members}  # net bytes left behind by u
             if all(abs(change[u]) < 1e-12 for u in members) and not any(delta[u][0] for u in members):

@@ -90,7 +90,7 @@ def measure(scenario: Scenario, schedule: Schedule, name: str | None = None) -> 
     if schedule.meta.get("heuristic"):
         notes.append("heuristic")
     if timeline.violations:
-        notes.append(timeline.violations[0])
+        notes.append(timeline.violations[0].message)
     return ComparisonRow(
         name=name or schedule.name,
         ranks=len(schedule.devices),
