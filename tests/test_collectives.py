@@ -270,3 +270,30 @@ def test_a_collective_never_beats_its_idle_time_and_all_members_finish_together(
         assert record.end - record.start >= collective_time(call.collective, cluster) * (1 - 1e-9)
         ends = {e.end for e in timeline.executed if e.entry.collective == call}
         assert ends == {record.end}
+
+
+class TestOnMegatronRankGroups:
+    """Megatron's rank order (tp innermost) priced on 4 × 8 H100: TP stays on NVLink."""
+
+    def groups(self, layout, token: str) -> list[tuple[str, ...]]:
+        return [tuple(f"gpu{rank}" for rank in group) for group in layout.groups(token)]
+
+    def test_tp_all_reduces_inside_a_node_and_dp_across_nodes(self):
+        from simulator.layout import Layout
+
+        cluster, layout = h100(4), Layout(tp=8, pp=2, dp=2, global_batch_size=2)
+        for group in self.groups(layout, "tp"):
+            t = collective_time(Collective("all_reduce", group, S), cluster)
+            assert t == pytest.approx(2 * 7 / 8 * S / NV_B + 2 * 7 * NV_A, rel=REL)
+        for group in self.groups(layout, "dp"):  # (gpu0, gpu8): one GPU per node, one NIC each
+            t = collective_time(Collective("reduce_scatter", group, S), cluster)
+            assert t == pytest.approx(S / 2 / IB_B + IB_A, rel=REL)
+
+    def test_a_dp_group_of_4_per_node_uses_every_nic_of_the_ring(self):
+        from simulator.layout import Layout
+
+        cluster, layout = h100(4), Layout(tp=2, dp=16, global_batch_size=16)
+        group = self.groups(layout, "dp")[0]  # gpu0, gpu2, ..., gpu30: 4 per node
+        k, n = 4, 16
+        step = max(NV_A + (k - 1) / k * S / (n * NV_B), IB_A + S / (k * n * IB_B))
+        assert collective_time(Collective("all_reduce", group, S), cluster) == pytest.approx(2 * (n - 1) * step, rel=REL)
