@@ -227,3 +227,10 @@ class TestWithOtherTraffic:
             ("gpu0", "F:s0:0", 0, 1), ("gpu0", "all_reduce:barrier", 1, 1),
             ("gpu1", "F:s1:0", 1, 2), ("gpu1", "all_reduce:barrier", 1, 1),
         ]
+
+    def test_pictures_draw_a_collective_as_communication(self, problem):
+        from simulator.pictures import category, gantt_figure
+
+        timeline = simulate(problem, schedule_from_dict(document(stream="compute")))
+        assert {category(e) for e in timeline.executed if e.entry.collective} == {"comm"}
+        assert len(gantt_figure(timeline).axes) == 1
