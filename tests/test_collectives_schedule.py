@@ -57,6 +57,18 @@ class TestFormat:
         save_schedule(schedule, path)
         assert load_schedule(path) == schedule
 
+    def test_matrix_root_and_chunks_round_trip(self, tmp_path):
+        doc = document()
+        doc["collectives"]["a2a"] = {"op": "all_to_all", "group": ["gpu0", "gpu1"], "matrix": [[0, 5e6], [3e6, 0]]}
+        doc["collectives"]["bcast"] = {"op": "Broadcast", "group": ["gpu0", "gpu1"], "bytes": 8e6, "root": 1, "chunks": 4}
+        for device in ("gpu0", "gpu1"):
+            doc["devices"][device] += [{"collective": "a2a"}, {"collective": "bcast"}]
+        schedule = schedule_from_dict(doc)
+        assert schedule.collectives["a2a"].collective.matrix == ((0.0, 5e6), (3e6, 0.0))
+        assert (schedule.collectives["bcast"].collective.root, schedule.collectives["bcast"].collective.chunks) == (1, 4)
+        save_schedule(schedule, tmp_path / "s.yaml")
+        assert load_schedule(tmp_path / "s.yaml") == schedule
+
     @pytest.mark.parametrize(
         "change,field,message",
         [
