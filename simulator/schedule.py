@@ -254,20 +254,31 @@ def _parse_call(name: str, spec: Any, file: str | None, where: str) -> Collectiv
     group = spec.get("group")
     if not isinstance(group, list) or not all(isinstance(d, str) for d in group):
         raise InputError("expected a list of device names", file=file, field=f"{where}.group")
-    for key in ("bytes", "root", "chunks"):
-        value = spec.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InputError(f"expected a number, got {value!r}", file=file, field=f"{where}.{key}")
+    _check_call_values(spec, file, where)
     tasks = {key: _task_list(spec.get(key, []), file, f"{where}.{key}") for key in ("after", "before")}
+    matrix = spec.get("matrix")
     try:
         collective = Collective(op, tuple(group), float(spec.get("bytes", 0.0)), str(spec.get("algorithm", "ring")),
-                                spec.get("matrix"), int(spec.get("root", 0)),
+                                None if matrix is None else tuple(tuple(row) for row in matrix), int(spec.get("root", 0)),
                                 None if spec.get("chunks") is None else int(spec["chunks"]))
-        return CollectiveCall(name, collective, str(spec.get("stream", "comm")), tasks["after"], tasks["before"])
     except InputError as exc:
         raise InputError(exc.message, file=file, field=f"{where}.{exc.field}") from None
-    except (ValueError, TypeError) as exc:
-        raise InputError(str(exc), file=file, field=f"{where}.matrix" if "matrix" in str(exc) else f"{where}.stream") from None
+    return CollectiveCall(name, collective, spec.get("stream", "comm"), tasks["after"], tasks["before"])
+
+
+def _check_call_values(spec: dict, file: str | None, where: str) -> None:
+    """Numbers are numbers, ``matrix`` a list of lists of numbers, ``stream`` a stream."""
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float))
+
+    for key in ("bytes", "root", "chunks"):
+        if spec.get(key) is not None and not number(spec[key]):
+            raise InputError(f"expected a number, got {spec[key]!r}", file=file, field=f"{where}.{key}")
+    matrix = spec.get("matrix")
+    if matrix is not None and not (isinstance(matrix, list) and all(isinstance(r, list) and all(map(number, r)) for r in matrix)):
+        raise InputError("expected a list of rows of bytes (one row per sender)", file=file, field=f"{where}.matrix")
+    if spec.get("stream", "comm") not in STREAMS:
+        raise InputError(f"unknown stream {spec['stream']!r} (expected compute or comm)", file=file, field=f"{where}.stream")
 
 
 def _task_list(value: Any, file: str | None, where: str) -> tuple[Task, ...]:

@@ -81,6 +81,9 @@ class TestFormat:
             ({"matrix": [[0, 1]]}, "collectives.grads.matrix", "all_to_all only"),
             ({"stream": "nccl"}, "collectives.grads.stream", "unknown stream 'nccl'"),
             ({"size": 3}, "collectives.grads.size", "unknown key 'size'"),
+            ({"op": "all_to_all", "matrix": [[0, "x"], [1, 0]]}, "collectives.grads.matrix", "list of rows of bytes"),
+            ({"op": "all_to_all", "matrix": [[0, 1, 2], [1, 0, 2]]}, "collectives.grads.matrix", "must be 2×2"),
+            ({"root": 5, "op": "broadcast"}, "collectives.grads.root", "root must index the group"),
         ],
     )
     def test_bad_definitions_name_the_field(self, change, field, message):
