@@ -301,7 +301,7 @@ def hierarchical_steps(c: Collective, cluster: Cluster) -> list[Step]:
 
     All-reduce (Horovod's ``HOROVOD_HIERARCHICAL_ALLREDUCE``: NCCL reduce-scatter in the
     node, all-reduce across nodes, NCCL all-gather in the node; the same phases as the
-    "2D-torus" all-reduce of Mikami et al. 2018 and NCCL's tree/ring split):
+    "2D-torus" all-reduce of Mikami et al. 2018, arXiv:1811.05233):
 
     1. ring reduce-scatter of ``S`` inside every node (NVLink): ``k − 1`` steps of ``S/k``;
     2. ring all-reduce of each ``S/k`` shard across nodes, one ring per local rank (one

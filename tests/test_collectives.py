@@ -213,6 +213,18 @@ class TestContention:
             assert (record.start, record.end - record.start) == pytest.approx((0, collective_time(call.collective, cluster)), rel=REL)
 
 
+    def test_a_pipeline_send_and_a_dp_all_reduce_share_the_gpus_nic(self):
+        """DGX: gpu0 and gpu8 talk through gpu0's one NIC. The all-reduce's first step
+        holds it, then the send (queued first), then the all-reduce's second step."""
+        cluster = h100(2)
+        reduce = CollectiveCall("dp", Collective("all_reduce", ("gpu0", "gpu8"), S))
+        send = CollectiveCall("pp", Collective("send_recv", ("gpu0", "gpu8"), S / 4), stream="compute")
+        step, p2p = IB_A + S / 2 / IB_B, IB_A + S / 4 / IB_B
+        ran = {r.name: (r.start, r.end) for r in replay_alone(cluster, reduce, send).collectives}
+        assert ran["dp"] == pytest.approx((0, 2 * step + p2p), rel=REL)
+        assert ran["pp"] == pytest.approx((0, step + p2p), rel=REL)
+
+
 class TestExpertAllToAll:
     TOKENS, HIDDEN, TOP_K = 4096, 4096, 2
 
