@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import simpy
 
 from simulator.cluster import Cluster, Route
-from simulator.collectives import Collective, PointToPoint, Step, collective_steps
+from simulator.collectives import Collective, PointToPoint, Step, collective_steps, collective_time
 from simulator.problem import Task
 from simulator.schedule import CollectiveCall
 
@@ -49,6 +49,9 @@ class CollectiveRecord(NamedTuple):
     end: float
     #: ``(start, end)`` of every step.
     steps: tuple[tuple[float, float], ...]
+    #: Seconds it takes alone on the idle cluster (:func:`simulator.collectives.collective_time`):
+    #: ``(end - start) / idle`` is the slowdown that contention caused.
+    idle: float
 
 
 class CollectiveTransfer(NamedTuple):
@@ -104,7 +107,7 @@ class _Run:
     def __init__(self, owner: CollectiveReplay, call: CollectiveCall, cluster: Cluster):
         self.owner = owner
         self.call = call
-        self.steps = owner.steps_of(call.collective, cluster)
+        self.steps, self.idle = owner.steps_of(call.collective, cluster)
         self.missing_members = set(call.collective.group)
         self.missing_inputs = set(call.after)
         self.done = simpy.Event(owner.env)
@@ -161,7 +164,8 @@ class _Run:
         owner, c = self.owner, self.call.collective
         self.end = owner.env.now
         owner.records.append(
-            CollectiveRecord(self.call.name, c.op, c.algorithm, c.group, c.bytes, self.start, self.end, tuple(self.step_times))
+            CollectiveRecord(self.call.name, c.op, c.algorithm, c.group, c.bytes, self.start, self.end,
+                             tuple(self.step_times), self.idle)
         )
         self.done.succeed()
         owner.arrive(collective_key(self.call.name))
@@ -181,7 +185,7 @@ class CollectiveReplay:
         self.arrive = arrive
         self.records: list[CollectiveRecord] = []
         self.transfers: list[CollectiveTransfer] = []
-        self._steps: dict[Collective, tuple[Step, ...]] = {}
+        self._steps: dict[Collective, tuple[tuple[Step, ...], float]] = {}
         self.runs = {name: _Run(self, call, cluster) for name, call in calls.items()}
         #: Task -> the runs that wait for it to finish (``after``).
         self.watch: dict[Task, list[_Run]] = {}
@@ -193,13 +197,13 @@ class CollectiveReplay:
             for task in call.before:
                 self.gates.setdefault(task, []).append(collective_key(name))
 
-    def steps_of(self, collective: Collective, cluster: Cluster) -> tuple[Step, ...]:
-        """The steps of ``collective``, computed once per replay (layouts repeat the same
-        bucket all-reduce or layer all-gather many times)."""
-        steps = self._steps.get(collective)
-        if steps is None:
-            steps = self._steps[collective] = collective_steps(collective, cluster)
-        return steps
+    def steps_of(self, collective: Collective, cluster: Cluster) -> tuple[tuple[Step, ...], float]:
+        """The steps of ``collective`` and its idle-cluster time, computed once per replay
+        (layouts repeat the same bucket all-reduce or layer all-gather many times)."""
+        known = self._steps.get(collective)
+        if known is None:
+            known = self._steps[collective] = (collective_steps(collective, cluster), collective_time(collective, cluster))
+        return known
 
     def member_arrives(self, name: str, device: str) -> _Run:
         run = self.runs[name]

@@ -192,6 +192,9 @@ class TestContention:
         durations = sorted(r.end - r.start for r in timeline.collectives)
         # One holds the IB link in each direction first; the other waits for it: 2x.
         assert durations == pytest.approx([alone, 2 * alone], rel=REL)
+        from simulator.metrics import build_report
+
+        assert sorted(c.slowdown for c in build_report(timeline).collectives) == pytest.approx([1, 2], rel=REL)
 
     def test_a_tp_all_reduce_on_nvlink_and_a_dp_reduce_scatter_on_ib_do_not(self):
         cluster = one_nic_per_node()

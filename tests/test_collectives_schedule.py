@@ -208,6 +208,11 @@ class TestTimeline:
         assert report.transfer_bytes == 2 * 2 * 1e9 / 2
         assert {link.link: link.bytes for link in report.links} == {
             "gpu0.intra.out": 1e9, "gpu0.intra.in": 1e9, "gpu1.intra.out": 1e9, "gpu1.intra.in": 1e9}
+        (stats,) = report.collectives
+        ring = 1e9 / 100e9 + 2 * 2e-6
+        assert (stats.name, stats.op, stats.ranks, stats.start) == ("grads", "all_reduce", 2, pytest.approx(3e-3))
+        assert (stats.duration, stats.idle, stats.slowdown) == pytest.approx((ring, ring, 1.0), rel=1e-12)
+        assert stats.bus_bandwidth == pytest.approx(1e9 / ring * 2 * (2 - 1) / 2, rel=1e-12)
         events = trace_events(timeline)["traceEvents"]
         assert sum(e.get("name") == "grads[1] gpu1->gpu0" for e in events) == 2  # on both links of its route
         assert [e["cat"] for e in events if e.get("name") == "all_reduce:grads"] == ["collective"] * 2
@@ -242,6 +247,14 @@ class TestWithOtherTraffic:
             ("gpu0", "F:s0:0", 0, 1), ("gpu0", "all_reduce:barrier", 1, 1),
             ("gpu1", "F:s1:0", 1, 2), ("gpu1", "all_reduce:barrier", 1, 1),
         ]
+
+    def test_simulate_prints_the_collectives_table(self, tmp_path, capsys):
+        scenario, schedule = tmp_path / "dp2.yaml", tmp_path / "s.json"
+        scenario.write_text(yaml.safe_dump(SCENARIO))
+        schedule.write_text(json.dumps(document()))
+        assert main(["simulate", str(scenario), "--schedule", str(schedule)]) == 0
+        out = capsys.readouterr().out
+        assert "collectives" in out and "all_reduce" in out and "slowdown" in out
 
     def test_pictures_draw_a_collective_as_communication(self, problem):
         from simulator.pictures import category, gantt_figure
