@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from simulator.errors import InfeasibleError
+from simulator.partition import contiguous_split
 from simulator.problem import Problem, Task
 
 __all__ = ["by_operator", "pipeline_placements", "contiguous_partitions"]
@@ -29,35 +30,14 @@ def contiguous_partitions(problem: Problem, devices: int) -> dict[str, str]:
     """Split the topological order into ``devices`` contiguous blocks of balanced work.
 
     The classic chain partition (what pipeline parallelism does by hand): minimises the
-    largest block's forward+backward time with a linear-partition dynamic program.
+    largest block's forward+backward time on the first device
+    (:func:`simulator.partition.contiguous_split`); block ``b`` goes to device ``b``.
     """
-    ops = list(problem.graph.topological_order)
-    names = problem.cluster.device_names[:devices]
+    ops = problem.graph.topological_order
+    names = problem.cluster.device_names
     device0 = problem.cluster.devices[0]
     work = [sum(problem.duration(Task(op, 0, k), device0) for k in problem.workload.kinds) for op in ops]
-    n = len(ops)
-    parts = min(devices, n)
-    prefix = [0.0]
-    for w in work:
-        prefix.append(prefix[-1] + w)
-    inf = float("inf")
-    best = [[inf] * (parts + 1) for _ in range(n + 1)]
-    cut = [[0] * (parts + 1) for _ in range(n + 1)]
-    best[0][0] = 0.0
-    for i in range(1, n + 1):
-        for k in range(1, min(parts, i) + 1):
-            for j in range(k - 1, i):
-                value = max(best[j][k - 1], prefix[i] - prefix[j])
-                if value < best[i][k] - 1e-15:
-                    best[i][k], cut[i][k] = value, j
-    bounds = []
-    i = n
-    for k in range(parts, 0, -1):
-        j = cut[i][k]
-        bounds.append((j, i))
-        i = j
-    bounds.reverse()
-    return {ops[t]: names[block] for block, (a, b) in enumerate(bounds) for t in range(a, b)}
+    return {op: names[block] for op, block in zip(ops, contiguous_split(work, min(devices, len(ops))))}
 
 
 def pipeline_placements(problem: Problem) -> dict[str, dict[Task, str]]:

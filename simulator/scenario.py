@@ -86,7 +86,19 @@ def _objective(section: Section) -> Objective:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate a scenario file."""
+    """Load and validate a scenario file (paths in it are relative to its folder).
+
+    The library's front door: the scenario holds the :class:`~simulator.problem.Problem`
+    (graph, cluster, workload) that :func:`simulator.engine.replay` and the planner take.
+
+    >>> scenario = load_scenario("scenarios/pipeline-4x8.yaml")
+    >>> scenario.name, len(scenario.problem.graph), scenario.problem.workload.micro_batches
+    ('pipeline-4x8', 4, 8)
+    >>> scenario.problem.cluster.device_names
+    ('gpu0', 'gpu1', 'gpu2', 'gpu3')
+    >>> scenario.schedule_file.name
+    'pipeline-4x8.gpipe.json'
+    """
     path = Path(path)
     return scenario_from_section(read_section(path), path)
 

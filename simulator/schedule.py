@@ -57,7 +57,10 @@ from simulator.graph import STREAMS
 from simulator.problem import Task, parse_task
 from simulator.yamlio import load_document
 
-__all__ = ["CollectiveCall", "Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_to_dict"]
+__all__ = [
+    "CollectiveCall", "Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_text",
+    "schedule_to_dict",
+]
 
 FORMAT = "opplan-schedule/1"
 
@@ -354,11 +357,14 @@ def schedule_to_dict(schedule: Schedule) -> dict:
     return doc
 
 
+def schedule_text(schedule: Schedule, path: str | Path) -> str:
+    """The schedule document as ``path`` wants it: JSON (``.json``) or YAML (anything else)."""
+    doc = schedule_to_dict(schedule)
+    if Path(path).suffix == ".json":
+        return json.dumps(doc, indent=1) + "\n"
+    return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
 def save_schedule(schedule: Schedule, path: str | Path) -> None:
     """Write JSON (``.json``) or YAML (anything else)."""
-    path = Path(path)
-    doc = schedule_to_dict(schedule)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(doc, indent=1) + "\n")
-    else:
-        path.write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
+    Path(path).write_text(schedule_text(schedule, path))

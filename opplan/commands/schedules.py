@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import click
-import yaml
 from rich.console import Console
 
 from opplan.commands.common import scenario_argument
@@ -24,21 +23,13 @@ from planner.schedules import available, generate
 from planner.schedules.compare import comparison_rows, render_comparison
 from simulator.errors import InputError, ScheduleRejected
 from simulator.scenario import load_scenario
-from simulator.schedule import Schedule, load_schedule, schedule_to_dict
+from simulator.schedule import load_schedule, schedule_text
 from simulator.validation import static_violations
 
 _chunks = click.option("--chunks", type=click.IntRange(min=1), default=None,
                        help="chunks per rank for interleaved-1f1b (overrides pipeline.chunks)")
 _ranks = click.option("--ranks", type=click.IntRange(min=1), default=None,
                       help="pipeline ranks (overrides pipeline.ranks)")
-
-
-def schedule_text(schedule: Schedule, path: Path) -> str:
-    """The schedule document as JSON (``.json``) or YAML (anything else)."""
-    doc = schedule_to_dict(schedule)
-    if path.suffix == ".json":
-        return json.dumps(doc, indent=1) + "\n"
-    return yaml.safe_dump(doc, sort_keys=False, width=120)
 
 
 @click.command("schedule")
