@@ -312,3 +312,28 @@ class TestOnMegatronRankGroups:
         k, n = 4, 16
         step = max(NV_A + (k - 1) / k * S / (n * NV_B), IB_A + S / (k * n * IB_B))
         assert collective_time(Collective("all_reduce", group, S), cluster) == pytest.approx(2 * (n - 1) * step, rel=REL)
+
+
+@st.composite
+def lone_collective(draw):
+    """One collective on a random group (any order, any spread over 2 nodes of 4)."""
+    devices = names(h100(2, 4))
+    group = tuple(draw(st.permutations(devices))[: draw(st.integers(2, 8))])
+    op = draw(st.sampled_from(["all_reduce", "reduce_scatter", "all_gather", "all_to_all", "broadcast", "send_recv"]))
+    if op == "send_recv":
+        group = group[:2]
+    per_node = {sum(1 for d in group if int(d[3:]) // 4 == node) for node in (0, 1)} - {0}
+    hierarchical = op in ("all_reduce", "reduce_scatter", "all_gather") and len(per_node) == 1
+    algorithm = draw(st.sampled_from(["ring", "hierarchical"])) if hierarchical else "ring"
+    return Collective(op, group, draw(st.floats(min_value=0.0, max_value=1e9)), algorithm=algorithm,
+                      root=draw(st.integers(0, len(group) - 1)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lone_collective())
+def test_alone_on_a_switched_cluster_the_replay_is_the_analytic_time(collective):
+    """No two transfers of a step share a link on a switched cluster, so step by step
+    the replay takes exactly what :func:`collective_time` adds up."""
+    cluster = h100(2, 4)
+    (record,) = replay_alone(cluster, CollectiveCall("c", collective)).collectives
+    assert record.end - record.start == pytest.approx(collective_time(collective, cluster), rel=1e-9, abs=1e-15)
