@@ -7,7 +7,7 @@ serving: requests are dealt round-robin); with disaggregation the first
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import simpy
 
@@ -69,9 +69,9 @@ def _engines(setup: ServingSetup, env: simpy.Environment, outcomes: dict, tp: in
     if d is None:
         engines = [build(g, tp, pp, "both") for g in engine_groups(names, tp * pp, file=s.model.file, field="parallel.tp")]
         return engines, engines
-    field = "workload.disaggregation"
-    decoders = [build(g, d.decode_tp, 1, "decode") for g in engine_groups(names[d.prefill_devices:], d.decode_tp, file=s.model.file, field=field)]
-    prefillers = [build(g, d.prefill_tp, 1, "prefill") for g in engine_groups(names[:d.prefill_devices], d.prefill_tp, file=s.model.file, field=field)]
+    where = {"file": s.model.file, "field": "workload.disaggregation"}
+    decoders = [build(g, d.decode_tp, 1, "decode") for g in engine_groups(names[d.prefill_devices:], d.decode_tp, **where)]
+    prefillers = [build(g, d.prefill_tp, 1, "prefill") for g in engine_groups(names[:d.prefill_devices], d.prefill_tp, **where)]
     for k, engine in enumerate(prefillers):
         engine.on_prefilled = _shipper(setup, env, engine, decoders, k)
     return prefillers, prefillers + decoders
