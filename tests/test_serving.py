@@ -183,3 +183,12 @@ def test_trace_file_errors_are_one_line(tmp_path):
     doc["workload"]["requests"] = {"trace": "t.csv"}
     with pytest.raises(InputError, match=r"t.csv: row 2: arrival_s must be a number"):
         scenario_from_dict(doc, tmp_path / "s.yaml")
+
+
+def test_a_sweep_point_of_a_serving_scenario_reports_serving_metrics():
+    from opplan.sweeps.point import PointJob, run_point
+
+    doc = {**_scenario(8), "parallel": {"tp": 8}}
+    row = run_point(PointJob("k", (("workload.batching.max_num_seqs", 2),), doc, "s.yaml", "."))
+    assert row["status"] == "ok", row["error"]
+    assert row["completed"] == 4 and row["output_tokens_per_s"] > 0 and row["ttft_p99_ms"] > 0

@@ -31,13 +31,6 @@ def _parse_layout(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _default_layout(scenario: Scenario) -> tuple[int, int]:
-    if scenario.parallel is not None:
-        return scenario.parallel.tp, scenario.parallel.pp
-    per_node = sum(1 for d in scenario.problem.cluster.devices if d.node == scenario.problem.cluster.devices[0].node)
-    return per_node, 1
-
-
 def _table(title: str) -> Table:
     table = Table(title=title)
     for name in ("layout", "max seqs", "max tokens", "TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms", "out tok/s", "total tok/s",
@@ -90,7 +83,7 @@ def _plan(setup, scenario: Scenario, table: Table, console: Console) -> dict:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the results (with KV occupancy over time) as JSON")
 def serve(scenario: Path, layouts: tuple[str, ...], plan: bool, json_path: Path | None) -> None:
     """Replay a serving workload (TTFT, TPOT, throughput, KV cache); --plan chooses a layout."""
-    from simulator.serving.run import serving_setup, simulate_serving
+    from simulator.serving.run import default_layout, serving_setup, simulate_serving
 
     loaded = load_scenario(scenario)
     if loaded.serving is None:
@@ -98,7 +91,7 @@ def serve(scenario: Path, layouts: tuple[str, ...], plan: bool, json_path: Path 
     setup = serving_setup(Section(dict(loaded.model_config), loaded.file, "model"), loaded.problem.cluster, loaded.serving)
     console, table = Console(width=max(Console().width, 160)), _table(f"{loaded.name}: {loaded.serving.description}")
     results: dict = {"scenario": loaded.name, "layouts": []}
-    for tp, pp in [_parse_layout(text) for text in layouts] or [_default_layout(loaded)]:
+    for tp, pp in [_parse_layout(text) for text in layouts] or [default_layout(loaded.parallel, loaded.problem.cluster)]:
         report = simulate_serving(setup, tp=tp, pp=pp)
         _row(table, _label(loaded, tp, pp), loaded.serving.batching, report)
         results["layouts"].append({"tp": tp, "pp": pp, **report.to_dict()})

@@ -14,6 +14,7 @@ import simpy
 from simulator.cluster import Cluster
 from simulator.collectives import Collective, collective_time
 from simulator.errors import InputError
+from simulator.layout import Layout
 from simulator.model_shapes import model_shape
 from simulator.serving.engine import Engine, Outcome
 from simulator.serving.kv import KVShape, kv_shape
@@ -23,7 +24,7 @@ from simulator.serving.workload import BatchPolicy, Request, ServingWorkload
 from simulator.shapes import ModelShape
 from simulator.yamlio import Section
 
-__all__ = ["ServingSetup", "serving_setup", "simulate_serving", "engine_groups"]
+__all__ = ["ServingSetup", "serving_setup", "simulate_serving", "engine_groups", "default_layout"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ def serving_setup(model: Section, cluster: Cluster, workload: ServingWorkload) -
     kv = kv_shape(model)  # raises for model types serving does not cover
     assert shape is not None
     return ServingSetup(model, shape, kv, cluster, workload, PrefillCosts(model, cluster, cluster.device_names[0]))
+
+
+def default_layout(parallel: Layout | None, cluster: Cluster) -> tuple[int, int]:
+    """``(tp, pp)`` of a scenario's ``parallel:`` section, else TP over the first node's devices."""
+    if parallel is not None:
+        return parallel.tp, parallel.pp
+    return sum(1 for d in cluster.devices if d.node == cluster.devices[0].node), 1
 
 
 def engine_groups(devices: tuple[str, ...], size: int, *, file: str | None, field: str) -> list[tuple[str, ...]]:
