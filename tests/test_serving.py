@@ -160,6 +160,7 @@ def test_disaggregated_prefill_ships_kv_to_decode():
     requests = [Request(i, 0.01 * i, 256, 16) for i in range(6)]
     setup = _setup(requests)
     from dataclasses import replace
+
     from simulator.serving.workload import Disaggregation
     split = replace(setup, workload=replace(setup.workload, disaggregation=Disaggregation(4, 4, 4)))
     report = simulate_serving(split, tp=4)

@@ -44,7 +44,8 @@ def _row(table: Table, label: str, policy, report) -> None:
         return " / ".join(f"{values[p]:.1f}" for p in (50, 90, 99))
     table.add_row(label, str(policy.max_num_seqs), str(policy.max_num_batched_tokens), trio(report.ttft_ms), trio(report.tpot_ms),
                   f"{report.output_tokens_per_s:,.0f}", f"{report.total_tokens_per_s:,.0f}",
-                  f"{report.kv_peak:.1%} / {report.kv_mean:.1%}", str(report.completed), str(report.rejected), str(report.queued_for_memory))
+                  f"{report.kv_peak:.1%} / {report.kv_mean:.1%}", str(report.completed), str(report.rejected),
+                  str(report.queued_for_memory))
 
 
 def _label(scenario: Scenario, tp: int, pp: int) -> str:
@@ -79,15 +80,17 @@ def _plan(setup, scenario: Scenario, table: Table, console: Console) -> dict:
 @click.command("serve")
 @scenario_argument
 @click.option("--layout", "layouts", multiple=True, metavar="TPxPP", help="layout to replay, e.g. 8x1 or 4x2 (repeatable)")
-@click.option("--plan", "plan", is_flag=True, help="also enumerate layouts and batch limits and print the best (objective.serving, objective.slo)")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the results (with KV occupancy over time) as JSON")
+@click.option("--plan", "plan", is_flag=True, help="also enumerate layouts and batch limits, print the best")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the results (with KV occupancy over time) as JSON")
 def serve(scenario: Path, layouts: tuple[str, ...], plan: bool, json_path: Path | None) -> None:
     """Replay a serving workload (TTFT, TPOT, throughput, KV cache); --plan chooses a layout."""
     from simulator.serving.run import default_layout, serving_setup, simulate_serving
 
     loaded = load_scenario(scenario)
     if loaded.serving is None:
-        raise InputError("no serving workload: set workload.mode: inference and workload.requests", file=str(scenario), field="workload.requests")
+        raise InputError("no serving workload: set workload.mode: inference and workload.requests", file=str(scenario),
+                         field="workload.requests")
     setup = serving_setup(Section(dict(loaded.model_config), loaded.file, "model"), loaded.problem.cluster, loaded.serving)
     console, table = Console(width=max(Console().width, 160)), _table(f"{loaded.name}: {loaded.serving.description}")
     results: dict = {"scenario": loaded.name, "layouts": []}
