@@ -193,3 +193,32 @@ def test_a_sweep_point_of_a_serving_scenario_reports_serving_metrics():
     row = run_point(PointJob("k", (("workload.batching.max_num_seqs", 2),), doc, "s.yaml", "."))
     assert row["status"] == "ok", row["error"]
     assert row["completed"] == 4 and row["output_tokens_per_s"] > 0 and row["ttft_p99_ms"] > 0
+
+
+def test_serve_command_compares_layouts_plans_and_writes_json(tmp_path, capsys):
+    import json
+
+    path, out = tmp_path / "s.yaml", tmp_path / "out.json"
+    doc = _scenario(8)
+    doc["objective"] = {"serving": "latency", "slo": {"ttft_p99_ms": 500}}
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["serve", str(path), "--layout", "8x1", "--layout", "4x2", "--plan", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "enumerated" in text and "starting point" in text and "--tensor-parallel-size" in text
+    results = json.loads(out.read_text())
+    assert [(r["tp"], r["pp"]) for r in results["layouts"]] == [(8, 1), (4, 2)]
+    assert results["layouts"][0]["ttft_ms"]["p99"] > 0 and results["layouts"][0]["kv_timeline"]
+    assert results["plan"]["objective"] == "latency" and results["plan"]["enumerated"] >= 8
+
+
+@pytest.mark.parametrize("layout, message", [("8", "expected TPxPP"), ("3x1", "tp x pp = 3 does not divide the 8 devices"),
+                                             ("4x1", None)])
+def test_serve_layout_errors_are_one_line(tmp_path, capsys, layout, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_scenario(8)))
+    code = main(["serve", str(path), "--layout", layout])
+    err = capsys.readouterr().err.strip()
+    if message is None:
+        assert code == 0 and err == ""  # 4 devices per engine: two replicas
+    else:
+        assert code == 2 and len(err.splitlines()) == 1 and message in err

@@ -124,7 +124,7 @@ class Engine:
                 self.waiting.popleft()
                 self.outcomes[r.id].rejected = reason
                 continue
-            prompt = 0 if self.role == "decode" else r.prompt
+            prompt = 1 if self.role == "decode" else r.prompt  # an arriving prefilled request decodes one token
             if tokens + prompt > self.policy.max_num_batched_tokens:
                 break
             need = r.prompt if self.role == "prefill" else r.prompt + r.output
