@@ -222,3 +222,16 @@ def test_serve_layout_errors_are_one_line(tmp_path, capsys, layout, message):
         assert code == 0 and err == ""  # 4 devices per engine: two replicas
     else:
         assert code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+def test_moe_decode_reads_only_the_experts_its_tokens_activate():
+    """One token reads top_k of E routed experts; many tokens read 1 - (1 - k/E)^t of them."""
+    model = {"type": "moe", "preset": "deepseek-v3", "layers": 4, "experts": 64, "dense_layers": 1, "seq_len": 4096}
+    step = _step(model, _cluster(), tp=8)
+    stage = step.stages[0]
+    dense = stage.weight_bytes - stage.expert_bytes
+    assert step.top_k == 8 and stage.expert_bytes > 0
+    assert step.memory(stage, 0, 1) * step.hbm == pytest.approx(dense + stage.expert_bytes * 8 / 64, rel=1e-12)
+    assert step.memory(stage, 0, 4) * step.hbm == pytest.approx(dense + stage.expert_bytes * (1 - (56 / 64) ** 4), rel=1e-12)
+    setup = serving_setup(_section(model), _cluster(), ServingWorkload((Request(0, 0.0, 64, 4), Request(1, 0.0, 32, 4))))
+    assert simulate_serving(setup, tp=8).completed == 2

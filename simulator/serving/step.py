@@ -33,7 +33,7 @@ from simulator.collectives import Collective, collective_time
 from simulator.errors import InputError
 from simulator.layout import Layout, read_layout
 from simulator.memory_model import WEIGHT_BYTES, layout_memory
-from simulator.models import build_model
+from simulator.models import build_model, moe
 from simulator.problem import Problem, Task, Workload
 from simulator.serving.hbm import HBM_EFFICIENCY, hbm_bandwidth
 from simulator.serving.kv import KVShape
@@ -88,6 +88,7 @@ class Stage:
     weight_bytes: float  # per rank
     kv_bytes_per_token: float  # per rank
     activation_reserve: float  # per rank, at max_num_batched_tokens
+    expert_bytes: float = 0.0  # the routed experts' part of weight_bytes
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class StepModel:
     flops: float  # achieved FLOP/s
     prefill: PrefillCosts
     memory_bytes: float  # usable HBM per device (x gpu_memory_utilization)
+    experts: int = 0  # routed experts per MoE layer (0: dense)
+    top_k: int = 0
 
     @cached_property
     def _priced(self) -> dict:
@@ -128,8 +131,16 @@ class StepModel:
         decode = 2 * stage.params * decodes + 4 * stage.layers * self.attention_width / self.tp * context
         return prefill + decode / self.flops
 
-    def memory(self, stage: Stage, context: int) -> float:
-        return (stage.weight_bytes + stage.kv_bytes_per_token * context) / self.hbm
+    def touched(self, tokens: int) -> float:
+        """Expected share of a layer's routed experts that ``tokens`` tokens activate, routing uniform and
+        independent: ``1 - (1 - k / E)^tokens`` (one decode token reads ``k`` of ``E`` experts, a prompt nearly all)."""
+        return 1.0 - (1.0 - self.top_k / self.experts) ** tokens if self.experts else 1.0
+
+    def memory(self, stage: Stage, context: int, tokens: int = 1) -> float:
+        """Bytes the stage reads once per step / achieved HBM bandwidth: its weights (of the routed experts
+        only those the step's tokens activate) and the KV cache of ``context`` tokens."""
+        weights = stage.weight_bytes - stage.expert_bytes * (1.0 - self.touched(tokens))
+        return (weights + stage.kv_bytes_per_token * context) / self.hbm
 
     def stage_time(self, index: int, prompts: tuple[int, ...], decodes: int, context: int) -> float:
         """Stage ``index`` of a step: max(compute, memory) + its TP all-reduces (+ the send onward).
@@ -138,7 +149,7 @@ class StepModel:
         """
         stage = self.stages[index]
         tokens = sum(prompts) + decodes
-        seconds = max(self.compute(stage, prompts, decodes, context), self.memory(stage, context))
+        seconds = max(self.compute(stage, prompts, decodes, context), self.memory(stage, context, tokens))
         seconds += self.tp_allreduce(stage, tokens)
         if index + 1 < len(self.stages):
             seconds += self.send(index, tokens)
@@ -169,8 +180,9 @@ def _stages(shape: ModelShape, kv: KVShape, layout: Layout, devices: tuple[str, 
         group = tuple(devices[layout.rank_of(tp=t, pp=stage)] for t in range(layout.tp))
         memory = ranks[layout.rank_of(pp=stage)]
         parts = (("embed",) if stage == 0 else ()) + tuple(ranges[stage]) + (("head",) if stage == layout.pp - 1 else ())
+        experts = sum(shape.layers[i].expert_params for i in ranges[stage]) / (layout.ep * layout.tp) * options.weight_bytes
         out.append(Stage(group, parts, len(ranges[stage]), memory.params, memory.weights * options.weight_bytes / WEIGHT_BYTES,
-                         kv.bytes_per_token(options.kv_bytes, layers=len(ranges[stage]), tp=layout.tp), reserve))
+                         kv.bytes_per_token(options.kv_bytes, layers=len(ranges[stage]), tp=layout.tp), reserve, experts))
     return tuple(out)
 
 
@@ -188,8 +200,10 @@ def step_model(model: Section, shape: ModelShape, kv: KVShape, cluster: Cluster,
             f" {usable / 1e9:.1f} GB ({first.memory_bytes / 1e9:.0f} GB x gpu_memory_utilization {options.gpu_memory_utilization:g});"
             f" the model needs more devices", file=model.file, field="parallel")
     tower = shape.towers[0]
+    top_k = moe.config_from_section(model).top_k if shape.experts else 0
     return StepModel(
         stages=stages, cluster=cluster, tp=tp, hidden=tower.hidden, attention_width=tower.hidden,
         hbm=hbm_bandwidth(first.type, options.hbm_bandwidth) * (options.hbm_efficiency or HBM_EFFICIENCY),
         flops=first.effective_flops, prefill=prefill or PrefillCosts(model, cluster, devices[0]), memory_bytes=usable,
+        experts=shape.experts, top_k=top_k,
     )
