@@ -12,13 +12,14 @@ is *feasible* when it completes every request without rejection and meets the SL
   (ties: lower p99 TTFT, then higher throughput).
 
 The search is exhaustive over the grid, not an optimisation model: the answer is the
-best of what was enumerated, and is labelled so.
+best of what was enumerated, and is labelled so. It covers colocated layouts (prefill and
+decode on the same engines); a scenario's disaggregation is left out of the search.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from simulator.errors import InputError, OpplanError
@@ -99,6 +100,7 @@ def plan_serving(setup: ServingSetup, objective: str = "throughput", slo: Mappin
     if objective not in ("latency", "throughput"):
         raise InputError(f"unknown serving objective {objective!r} (latency or throughput)", field="objective.serving")
     slo = dict(slo or {})
+    setup = replace(setup, workload=replace(setup.workload, disaggregation=None))  # colocated layouts only
     policy = setup.workload.batching
     evaluated = []
     for tp, pp in layouts(setup):

@@ -3,7 +3,9 @@
 ``--layout TPxPP`` (repeatable) picks layouts to compare (default: the scenario's
 ``parallel:`` tp and pp, else TP over one node); ``--plan`` enumerates layouts and batch
 limits with the serving simulation and prints the best under ``objective.serving`` and
-``objective.slo`` as vLLM / TensorRT-LLM arguments. (``opplan plan`` is the training
+``objective.slo`` as vLLM / TensorRT-LLM arguments. With ``workload.disaggregation`` the
+replay uses its prefill / decode split (``--layout`` does not apply) and ``--plan`` searches
+colocated layouts. (``opplan plan`` is the training
 planner; serving planning lives here.)
 """
 
@@ -48,8 +50,8 @@ def _row(table: Table, label: str, policy, report) -> None:
                   str(report.queued_for_memory))
 
 
-def _label(scenario: Scenario, tp: int, pp: int) -> str:
-    if scenario.serving.disaggregation is not None:
+def _label(scenario: Scenario, tp: int, pp: int, *, colocated: bool = False) -> str:
+    if scenario.serving.disaggregation is not None and not colocated:
         d = scenario.serving.disaggregation
         return f"prefill TP{d.prefill_tp} on {d.prefill_devices} / decode TP{d.decode_tp}"
     dp = len(scenario.problem.cluster.devices) // (tp * pp)
@@ -69,7 +71,7 @@ def _plan(setup, scenario: Scenario, table: Table, console: Console) -> dict:
     if plan.best is None:
         raise InputError(f"no enumerated layout meets the {shown} with objective {objective}", file=scenario.file, field="objective.slo")
     c = plan.best.candidate
-    _row(table, f"planner ({objective}): " + _label(scenario, c.tp, c.pp), BatchPolicy("", c.max_num_seqs, c.max_num_batched_tokens),
+    _row(table, f"planner ({objective}): " + _label(scenario, c.tp, c.pp, colocated=True), BatchPolicy("", c.max_num_seqs, c.max_num_batched_tokens),
          plan.best.report)
     vllm, trt = engine_arguments(c, devices)
     return {"objective": objective, "slo": slo, "enumerated": len(plan.evaluated), "feasible": len(plan.feasible),
