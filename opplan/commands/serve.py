@@ -71,8 +71,8 @@ def _plan(setup, scenario: Scenario, table: Table, console: Console) -> dict:
     if plan.best is None:
         raise InputError(f"no enumerated layout meets the {shown} with objective {objective}", file=scenario.file, field="objective.slo")
     c = plan.best.candidate
-    _row(table, f"planner ({objective}): " + _label(scenario, c.tp, c.pp, colocated=True), BatchPolicy("", c.max_num_seqs, c.max_num_batched_tokens),
-         plan.best.report)
+    label = f"planner ({objective}): " + _label(scenario, c.tp, c.pp, colocated=True)
+    _row(table, label, BatchPolicy("continuous", c.max_num_seqs, c.max_num_batched_tokens), plan.best.report)
     vllm, trt = engine_arguments(c, devices)
     return {"objective": objective, "slo": slo, "enumerated": len(plan.evaluated), "feasible": len(plan.feasible),
             "choice": {"tp": c.tp, "pp": c.pp, "max_num_seqs": c.max_num_seqs, "max_num_batched_tokens": c.max_num_batched_tokens},
