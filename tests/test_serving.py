@@ -202,7 +202,9 @@ def test_serve_command_compares_layouts_plans_and_writes_json(tmp_path, capsys):
     doc = _scenario(8)
     doc["objective"] = {"serving": "latency", "slo": {"ttft_p99_ms": 500}}
     path.write_text(yaml.safe_dump(doc))
-    assert main(["serve", str(path), "--layout", "8x1", "--layout", "4x2", "--plan", "--json", str(out)]) == 0
+    picture = tmp_path / "kv.png"
+    assert main(["serve", str(path), "--layout", "8x1", "--layout", "4x2", "--plan", "--json", str(out), "--kv-plot", str(picture)]) == 0
+    assert picture.read_bytes()[:4] == b"\x89PNG"
     text = capsys.readouterr().out
     assert "enumerated" in text and "starting point" in text and "--tensor-parallel-size" in text
     results = json.loads(out.read_text())

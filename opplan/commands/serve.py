@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opplan.commands.common import scenario_argument
-from opplan.output import write_output
+from opplan.output import save_figure, write_output
 from simulator.errors import InputError
 from simulator.scenario import Scenario, load_scenario
 from simulator.serving.workload import BatchPolicy
@@ -72,11 +72,24 @@ def _plan(setup, scenario: Scenario, table: Table, console: Console) -> dict:
         raise InputError(f"no enumerated layout meets the {shown} with objective {objective}", file=scenario.file, field="objective.slo")
     c = plan.best.candidate
     label = f"planner ({objective}): " + _label(scenario, c.tp, c.pp, colocated=True)
-    _row(table, label, BatchPolicy("continuous", c.max_num_seqs, c.max_num_batched_tokens), plan.best.report)
+    _row(table, label, BatchPolicy(scenario.serving.batching.policy, c.max_num_seqs, c.max_num_batched_tokens), plan.best.report)
     vllm, trt = engine_arguments(c, devices)
     return {"objective": objective, "slo": slo, "enumerated": len(plan.evaluated), "feasible": len(plan.feasible),
             "choice": {"tp": c.tp, "pp": c.pp, "max_num_seqs": c.max_num_seqs, "max_num_batched_tokens": c.max_num_batched_tokens},
             "vllm": vllm, "tensorrt_llm": trt, "report": plan.best.report.to_dict()}
+
+
+def _kv_figure(curves: list[tuple[str, list]]):
+    """Reserved KV cache (share of capacity) over time, one step line per replayed layout."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 3.4), layout="constrained")
+    axes = figure.add_subplot()
+    for label, timeline in curves:
+        axes.step([t for t, _ in timeline], [100 * v for _, v in timeline], where="post", label=label)
+    axes.set(xlabel="time (s)", ylabel="KV cache reserved (% of capacity)", title="KV-cache occupancy")
+    axes.legend(fontsize="small")
+    return figure
 
 
 @click.command("serve")
@@ -85,7 +98,8 @@ def _plan(setup, scenario: Scenario, table: Table, console: Console) -> dict:
 @click.option("--plan", "plan", is_flag=True, help="also enumerate layouts and batch limits, print the best")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="write the results (with KV occupancy over time) as JSON")
-def serve(scenario: Path, layouts: tuple[str, ...], plan: bool, json_path: Path | None) -> None:
+@click.option("--kv-plot", "kv_plot", type=click.Path(dir_okay=False, path_type=Path), help="draw KV occupancy over time (.png/.svg/.pdf)")
+def serve(scenario: Path, layouts: tuple[str, ...], plan: bool, json_path: Path | None, kv_plot: Path | None) -> None:
     """Replay a serving workload (TTFT, TPOT, throughput, KV cache); --plan chooses a layout."""
     from simulator.serving.run import default_layout, serving_setup, simulate_serving
 
@@ -106,5 +120,8 @@ def serve(scenario: Path, layouts: tuple[str, ...], plan: bool, json_path: Path 
     if plan:
         console.print(f"starting point (enumerated, not measured on hardware): {results['plan']['vllm']}")
         console.print(f"                                                       {results['plan']['tensorrt_llm']}")
+    if kv_plot is not None:
+        curves = [(_label(loaded, r["tp"], r["pp"]), r["kv_timeline"]) for r in results["layouts"]]
+        save_figure(_kv_figure(curves), kv_plot, inputs=[scenario], option="--kv-plot")
     if json_path is not None:
         write_output(json_path, json.dumps(results, indent=1) + "\n", inputs=[scenario], option="--json")
