@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opplan.cli import main
 from planner.serving import engine_arguments, plan_serving
@@ -237,3 +239,22 @@ def test_moe_decode_reads_only_the_experts_its_tokens_activate():
     assert step.memory(stage, 0, 4) * step.hbm == pytest.approx(dense + stage.expert_bytes * (1 - (56 / 64) ** 4), rel=1e-12)
     setup = serving_setup(_section(model), _cluster(), ServingWorkload((Request(0, 0.0, 64, 4), Request(1, 0.0, 32, 4))))
     assert simulate_serving(setup, tp=8).completed == 2
+
+
+_requests = st.lists(st.tuples(st.floats(0, 2), st.integers(1, 2500), st.integers(1, 400)), min_size=1, max_size=12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(_requests, st.sampled_from(["continuous", "static"]), st.integers(1, 8), st.sampled_from([(8, 1), (4, 2), (2, 4)]))
+def test_property_every_request_is_served_or_rejected_and_kv_stays_within_capacity(rows, policy, max_seqs, layout):
+    """Invariants of the timeline: each request either completes (first token after its arrival and
+    at least one step, finish after the first token) or is rejected with a reason; reserved KV never
+    exceeds the pool and returns to zero."""
+    requests = [Request(i, a, p, o) for i, (a, p, o) in enumerate(rows)]
+    report = simulate_serving(_setup(requests, gpu_memory_utilization=0.5), tp=layout[0], pp=layout[1],
+                              policy=BatchPolicy(policy, max_seqs, 4096))
+    too_long = sum(1 for r in requests if r.prompt + r.output > 4096 or r.prompt > 4096)
+    assert report.rejected == too_long and report.completed + report.rejected == len(requests)
+    assert all(0.0 <= v <= 1.0 for _, v in report.kv_timeline) and report.kv_timeline[-1][1] == 0.0
+    if report.completed:
+        assert report.ttft_ms[50] > 0 and report.makespan_s > 0
