@@ -79,7 +79,7 @@ def test_prefill_is_the_training_forward_of_that_many_tokens():
     problem = Problem(build_model(_section({**LLAMA70B, "seq_len": n}), Path(".")), cluster, Workload(1, "training"))
     forward = sum(problem.duration(Task(op.name, 0, "F"), cluster.devices[0]) for op in problem.graph.operators)
     all_reduce = collective_time(Collective("all_reduce", cluster.device_names, n * 8192 * 2), cluster)
-    assert step.stage_time(0, (n,), 0, 0) == pytest.approx(forward / 8 + 2 * 80 * all_reduce, rel=1e-12)
+    assert step.stage_time(0, ((0, n),), 0, 0) == pytest.approx(forward / 8 + 2 * 80 * all_reduce, rel=1e-12)
 
 
 def test_pipeline_stages_split_layers_and_send_activations():
@@ -132,7 +132,7 @@ def test_one_request_exact_timeline():
     setup = _setup([Request(0, 0.5, 100, 3)])
     step = _step(LLAMA70B, setup.cluster, tp=8)
     report = simulate_serving(setup, tp=8)
-    prefill, d1, d2 = step.stage_time(0, (100,), 0, 0), step.stage_time(0, (), 1, 101), step.stage_time(0, (), 1, 102)
+    prefill, d1, d2 = step.stage_time(0, ((0, 100),), 0, 0), step.stage_time(0, (), 1, 101), step.stage_time(0, (), 1, 102)
     assert report.ttft_ms[50] == pytest.approx(prefill * 1e3, rel=1e-12)
     assert report.tpot_ms[50] == pytest.approx((d1 + d2) / 2 * 1e3, rel=1e-12)
     assert report.makespan_s == pytest.approx(prefill + d1 + d2, rel=1e-12) and report.steps == 3
@@ -258,3 +258,18 @@ def test_property_every_request_is_served_or_rejected_and_kv_stays_within_capaci
     assert all(0.0 <= v <= 1.0 for _, v in report.kv_timeline) and report.kv_timeline[-1][1] == 0.0
     if report.completed:
         assert report.ttft_ms[50] > 0 and report.makespan_s > 0
+
+
+def test_chunked_prefill_cuts_a_long_prompt_and_costs_what_it_costs_whole():
+    """A 3000-token prompt under a 1024-token budget: three chunks (1024, 1024, 952); their forward
+    sums to the whole prompt's; each later chunk reads the KV of the chunks before it."""
+    setup = _setup([Request(0, 0.0, 3000, 2)])
+    step = _step(LLAMA70B, setup.cluster, tp=8)
+    stage = step.stages[0]
+    chunks = ((0, 1024), (1024, 1024), (2048, 952))
+    assert sum(step.chunk(stage, o, n) for o, n in chunks) == pytest.approx(step.chunk(stage, 0, 3000), rel=1e-12)
+    report = simulate_serving(setup, tp=8, policy=BatchPolicy("continuous", 8, 1024, chunked_prefill=True))
+    expected = sum(step.stage_time(0, (c,), 0, 0) for c in chunks)
+    assert report.steps == 4 and report.ttft_ms[50] == pytest.approx(expected * 1e3, rel=1e-12)
+    unchunked = simulate_serving(setup, tp=8, policy=BatchPolicy("continuous", 8, 1024))
+    assert unchunked.rejected == 1 and "max_num_batched_tokens 1024" in unchunked.first_rejection

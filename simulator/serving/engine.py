@@ -16,6 +16,10 @@ Batch policies:
 - ``static``: a batch is formed only when the previous one has finished; it is
   prefilled together and decoded until its longest output is done.
 
+``chunked_prefill`` (vLLM's ``--enable-chunked-prefill``, Sarathi-Serve, Agrawal et al. 2024):
+decodes are scheduled first, then prompts fill what is left of the token budget, a long
+prompt over several steps; without it a prompt must fit one step's budget.
+
 KV admission reserves a request's ``prompt + output`` tokens when it is admitted and
 frees them when it finishes — TensorRT-LLM's ``GUARANTEED_NO_EVICT`` capacity policy —
 so no sequence is ever preempted. A request that must wait for memory while the batch
@@ -55,6 +59,7 @@ class Outcome:
 class Running:
     request: Request
     generated: int = 0  # tokens produced so far (the first comes out of the prefill)
+    prefilled: int = 0  # prompt tokens already run through the model
 
     @property
     def context(self) -> int:
@@ -109,14 +114,14 @@ class Engine:
             return f"prompt + output {r.prompt + r.output} > the model's context {self.max_model_len}"
         if need > self.capacity:
             return f"needs {need} KV tokens, the engine holds {self.capacity}"
-        if self.role != "decode" and r.prompt > self.policy.max_num_batched_tokens:
+        if self.role != "decode" and not self.policy.chunked_prefill and r.prompt > self.policy.max_num_batched_tokens:
             return f"prompt {r.prompt} > max_num_batched_tokens {self.policy.max_num_batched_tokens}"
         return ""
 
     def _admit(self, running: list[Running]) -> list[Running]:
         """Waiting requests joining this step, first come first served."""
         admitted: list[Running] = []
-        tokens = len(running)
+        tokens = self._planned_tokens(running)
         while self.waiting and len(running) + len(admitted) < self.policy.max_num_seqs:
             r = self.waiting[0]
             reason = self._reject_reason(r)
@@ -125,7 +130,8 @@ class Engine:
                 self.outcomes[r.id].rejected = reason
                 continue
             prompt = 1 if self.role == "decode" else r.prompt  # an arriving prefilled request decodes one token
-            if tokens + prompt > self.policy.max_num_batched_tokens:
+            room = self.policy.max_num_batched_tokens - tokens
+            if room <= 0 or (prompt > room and not self.policy.chunked_prefill):
                 break
             need = r.prompt if self.role == "prefill" else r.prompt + r.output
             if self.used + need > self.capacity:
@@ -133,8 +139,9 @@ class Engine:
                 break
             self.waiting.popleft()
             self.used += need
-            tokens += prompt
-            admitted.append(Running(r, generated=1 if self.role == "decode" else 0))
+            tokens += min(prompt, room)
+            decode = self.role == "decode"
+            admitted.append(Running(r, generated=1 if decode else 0, prefilled=r.prompt if decode else 0))
         return admitted
 
     # -- one virtual engine -----------------------------------------------------------------
@@ -151,19 +158,40 @@ class Engine:
             yield from self._run_step(running)
             running = self._retire(running)
 
+    def _chunks(self, running: list[Running]) -> tuple[list[Running], list[tuple[Running, int]]]:
+        """The step's work: every prefilled sequence decodes one token; sequences still prefilling get
+        the rest of their prompt, or with chunked prefill as much of it as the token budget leaves."""
+        decoding = [s for s in running if s.prefilled >= s.request.prompt]
+        budget = self.policy.max_num_batched_tokens - len(decoding)
+        chunks = []
+        for s in running:
+            left = s.request.prompt - s.prefilled
+            if left > 0 and budget > 0:
+                take = min(left, budget) if self.policy.chunked_prefill else left
+                chunks.append((s, take))
+                budget -= take
+        return decoding, chunks
+
+    def _planned_tokens(self, running: list[Running]) -> int:
+        decoding, chunks = self._chunks(running)
+        return len(decoding) + sum(take for _, take in chunks)
+
     def _run_step(self, running: list[Running]):
         self.occupancy.append((self.env.now, self.used))
-        prompts = tuple(s.request.prompt for s in running if s.generated == 0)
-        decoding = [s for s in running if s.generated > 0]
+        decoding, chunks = self._chunks(running)
         context = sum(s.context for s in decoding)
+        spans = tuple((s.prefilled, take) for s, take in chunks)
         for index, stage in enumerate(self.stages):
             with stage.request() as turn:
                 yield turn
-                yield self.env.timeout(self.step.stage_time(index, prompts, len(decoding), context))
+                yield self.env.timeout(self.step.stage_time(index, spans, len(decoding), context))
         self.steps += 1
-        for s in running:
+        for s in decoding:
             s.generated += 1
-            if s.generated == 1:
+        for s, take in chunks:
+            s.prefilled += take
+            if s.prefilled == s.request.prompt:
+                s.generated = 1
                 self.outcomes[s.request.id].first_token = self.env.now
 
     def _retire(self, running: list[Running]) -> list[Running]:

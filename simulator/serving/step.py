@@ -62,6 +62,8 @@ class PrefillCosts:
         self._cache: dict[int, dict[object, float]] = {}
 
     def parts(self, tokens: int) -> dict[object, float]:
+        if tokens == 0:
+            return {}
         cached = self._cache.get(tokens)
         if cached is None:
             section = Section({**self._data, "seq_len": tokens, "micro_batch_size": 1}, self._file, "model")
@@ -126,8 +128,14 @@ class StepModel:
         pair = (self.stages[index].devices[0], self.stages[index + 1].devices[0])
         return self._collective("send_recv", pair, tokens * self.hidden * ACTIVATION_BYTES)
 
-    def compute(self, stage: Stage, prompts: tuple[int, ...], decodes: int, context: int) -> float:
-        prefill = sum(sum(self.prefill.parts(n)[p] for p in stage.parts) for n in prompts) / self.tp
+    def chunk(self, stage: Stage, offset: int, length: int) -> float:
+        """Forward of prompt tokens ``offset .. offset + length`` on one device: F(offset + length) - F(offset),
+        so a prompt cut into chunks costs what it costs whole (chunked prefill, Agrawal et al. 2024)."""
+        whole, before = self.prefill.parts(offset + length), self.prefill.parts(offset)
+        return sum(whole[p] - before.get(p, 0.0) for p in stage.parts)
+
+    def compute(self, stage: Stage, chunks: tuple[tuple[int, int], ...], decodes: int, context: int) -> float:
+        prefill = sum(self.chunk(stage, offset, length) for offset, length in chunks) / self.tp
         decode = 2 * stage.params * decodes + 4 * stage.layers * self.attention_width / self.tp * context
         return prefill + decode / self.flops
 
@@ -142,14 +150,17 @@ class StepModel:
         weights = stage.weight_bytes - stage.expert_bytes * (1.0 - self.touched(tokens))
         return (weights + stage.kv_bytes_per_token * context) / self.hbm
 
-    def stage_time(self, index: int, prompts: tuple[int, ...], decodes: int, context: int) -> float:
+    def stage_time(self, index: int, chunks: tuple[tuple[int, int], ...], decodes: int, context: int) -> float:
         """Stage ``index`` of a step: max(compute, memory) + its TP all-reduces (+ the send onward).
 
-        ``context``: cached tokens the decoded sequences attend to (and whose KV is read).
+        ``chunks``: ``(offset, length)`` of the prompt tokens prefilled (``(0, prompt)`` for a whole
+        prompt); ``context``: cached tokens the decoded sequences attend to (and whose KV is read);
+        a chunk after the first also reads its prompt's earlier KV (``offset`` tokens).
         """
         stage = self.stages[index]
-        tokens = sum(prompts) + decodes
-        seconds = max(self.compute(stage, prompts, decodes, context), self.memory(stage, context, tokens))
+        tokens = sum(length for _, length in chunks) + decodes
+        read = context + sum(offset for offset, _ in chunks)
+        seconds = max(self.compute(stage, chunks, decodes, context), self.memory(stage, read, tokens))
         seconds += self.tp_allreduce(stage, tokens)
         if index + 1 < len(self.stages):
             seconds += self.send(index, tokens)

@@ -16,6 +16,7 @@
         policy: continuous         # continuous (vLLM / TensorRT-LLM in-flight) | static
         max_num_seqs: 64           # vLLM --max-num-seqs, TensorRT-LLM --max_batch_size
         max_num_batched_tokens: 8192  # vLLM --max-num-batched-tokens, TensorRT-LLM --max_num_tokens
+        chunked_prefill: false     # true: long prompts are cut into chunks that fill each step's token budget
       serving:                     # optional
         weights: bf16              # bf16 | fp8 (bytes per weight read and held)
         kv_cache: bf16             # bf16 | fp8
@@ -63,6 +64,7 @@ class BatchPolicy:
     policy: str = "continuous"
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
+    chunked_prefill: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,10 @@ def _trace(path: Path) -> tuple[Request, ...]:
 
 
 def _batching(section: Section) -> BatchPolicy:
-    section.check_keys({"policy", "max_num_seqs", "max_num_batched_tokens"})
+    section.check_keys({"policy", "max_num_seqs", "max_num_batched_tokens", "chunked_prefill"})
     return BatchPolicy(section.str("policy", "continuous", choices=("continuous", "static")),
-                       section.integer("max_num_seqs", 256, minimum=1), section.integer("max_num_batched_tokens", 8192, minimum=1))
+                       section.integer("max_num_seqs", 256, minimum=1), section.integer("max_num_batched_tokens", 8192, minimum=1),
+                       section.bool("chunked_prefill", False))
 
 
 def _options(section: Section) -> ServingOptions:
