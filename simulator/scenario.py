@@ -23,8 +23,9 @@ from typing import Any
 
 from simulator.errors import InputError
 from simulator.graph import OperatorGraph
-from simulator.layout import Layout
+from simulator.layout import Layout, read_layout
 from simulator.memory_model import WEIGHT_BYTES, read_parallel
+from simulator.model_shapes import model_shape
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
@@ -103,6 +104,15 @@ def _serving_objective(section: Section) -> dict[str, Any]:
         slo.check_keys({"ttft_p99_ms", "tpot_p99_ms"})
         out["slo"] = {key: slo.number(key, strictly_positive=True) for key in slo.keys()}
     return out
+
+
+def _serving_parallel(doc: Section, cluster) -> Layout | None:
+    """A serving scenario's ``parallel:``, checked against the devices and the model; whether the
+    weights (bf16 or fp8) leave room for a KV cache is the serving step model's check."""
+    if "parallel" not in doc:
+        return None
+    model = doc.section("model")
+    return read_layout(doc.section("parallel"), len(cluster.devices), model_shape(str(model.raw("type", "")), model))
 
 
 def _objective(section: Section) -> Objective:
@@ -184,7 +194,7 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
         schedule_file=schedule_file,
         pipeline=pipeline.data,
         model_config=doc.section("model").data,
-        parallel=read_parallel(doc, cluster, workload.mode == "training"),
+        parallel=_serving_parallel(doc, cluster) if serving is not None else read_parallel(doc, cluster, workload.mode == "training"),
         serving=serving,
         serving_objective=_serving_objective(doc.section("objective", {})),
     )

@@ -273,3 +273,16 @@ def test_chunked_prefill_cuts_a_long_prompt_and_costs_what_it_costs_whole():
     assert report.steps == 4 and report.ttft_ms[50] == pytest.approx(expected * 1e3, rel=1e-12)
     unchunked = simulate_serving(setup, tp=8, policy=BatchPolicy("continuous", 8, 1024))
     assert unchunked.rejected == 1 and "max_num_batched_tokens 1024" in unchunked.first_rejection
+
+
+def test_fp8_weights_fit_llama70b_on_one_h100_where_bf16_does_not(tmp_path, capsys):
+    """69 GB of fp8 weights leave ~2.5 GB for KV in 72 GB (80 x 0.9); bf16 (138 GB) is refused."""
+    doc = {**_scenario(1), "parallel": {"tp": 1}}
+    doc["workload"]["serving"] = {"weights": "fp8"}
+    fp8 = scenario_from_dict(doc, "s.yaml")
+    report = simulate_serving(serving_setup(_section(LLAMA70B), fp8.problem.cluster, fp8.serving), tp=1)
+    assert report.completed == 4 and report.kv_capacity_tokens < 10_000
+    doc["workload"]["serving"] = {"weights": "bf16"}
+    path = tmp_path / "bf16.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["serve", str(path)]) == 2 and "weights 138.0 GB per device at tp 1" in capsys.readouterr().err
