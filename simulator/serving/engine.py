@@ -2,7 +2,9 @@
 
 One engine is a ``tp x pp`` group of devices. Its pipeline stages are SimPy resources;
 with ``pp > 1`` it runs ``pp`` *virtual engines* (vLLM's pipeline-parallel scheduler),
-each with its own batch, so while one batch is on stage 1 the next can be on stage 0.
+each with its own batch and the same limits (vLLM V0 gives every virtual engine's
+scheduler the same ``max_num_seqs``), sharing one KV pool, so while one batch is on
+stage 1 the next can be on stage 0.
 Each virtual engine repeats: pick a batch, push it through the stages
 (:meth:`StepModel.stage_time`), update every sequence.
 
