@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from simulator.collectives import bus_bandwidth_factor
 from simulator.engine import Timeline
 from simulator.violations import Violation
 
-__all__ = ["DeviceStats", "LinkStats", "Report", "build_report"]
+__all__ = ["CollectiveStats", "DeviceStats", "LinkStats", "Report", "build_report"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,27 @@ class LinkStats:
 
 
 @dataclass(frozen=True)
+class CollectiveStats:
+    """One collective as it ran: ``duration`` against ``idle`` (alone on the idle cluster),
+    and nccl-tests' bus bandwidth ``bytes / duration × factor`` (2(n−1)/n for all-reduce)."""
+
+    name: str
+    op: str
+    algorithm: str
+    ranks: int
+    bytes: float
+    start: float
+    duration: float
+    idle: float
+    bus_bandwidth: float
+
+    @property
+    def slowdown(self) -> float:
+        """How much longer than alone: 1.0 when nothing it shares a link with ran meanwhile."""
+        return self.duration / self.idle if self.idle else 1.0
+
+
+@dataclass(frozen=True)
 class Report:
     schedule: str
     makespan: float
@@ -59,6 +81,7 @@ class Report:
     peak_activation: float
     transfer_bytes: float
     violations: tuple[Violation, ...]
+    collectives: tuple[CollectiveStats, ...] = ()
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (seconds and bytes; each violation as its message)."""
@@ -80,8 +103,9 @@ def build_report(timeline: Timeline) -> Report:
         mean_utilization=sum(s.utilization for s in stats) / len(stats) if stats else 0.0,
         peak_memory=max((s.peak_memory for s in stats), default=0.0),
         peak_activation=max((s.activation_peak for s in stats), default=0.0),
-        transfer_bytes=sum(t.bytes for t in timeline.transfers),
+        transfer_bytes=sum(t.bytes for t in timeline.transfers) + sum(t.bytes for t in timeline.collective_transfers),
         violations=timeline.violations,
+        collectives=_collective_stats(timeline),
     )
 
 
@@ -131,10 +155,20 @@ def _device_stats(timeline: Timeline) -> tuple[DeviceStats, ...]:
     return tuple(stats)
 
 
+def _collective_stats(timeline: Timeline) -> tuple[CollectiveStats, ...]:
+    """Every collective in the order it started."""
+    out = []
+    for r in sorted(timeline.collectives, key=lambda r: (r.start, r.name)):
+        duration = r.end - r.start
+        bus = r.bytes / duration * bus_bandwidth_factor(r.op, len(r.group)) if duration > 0 else 0.0
+        out.append(CollectiveStats(r.name, r.op, r.algorithm, len(r.group), r.bytes, r.start, duration, r.idle, bus))
+    return tuple(out)
+
+
 def _link_stats(timeline: Timeline) -> tuple[LinkStats, ...]:
     """Transfers, bytes and busy time of every link that carried something, by name."""
     links: dict[str, list[float]] = {}
-    for transfer in timeline.transfers:
+    for transfer in (*timeline.transfers, *timeline.collective_transfers):
         for name in transfer.links:
             entry = links.setdefault(name, [0, 0.0, 0.0])
             entry[0] += 1

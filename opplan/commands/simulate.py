@@ -60,7 +60,8 @@ def validate(scenario: Path, schedule_path: Path | None, builtin: str | None) ->
     if timeline.violations:
         raise ScheduleRejected(list(timeline.violations), file=str(used or scenario))
     report = build_report(timeline)
+    calls = len(schedule.collectives)
     click.echo(
-        f"{used or builtin}: valid: {len(schedule)} tasks on {len(schedule.devices)} devices,"
+        f"{used or builtin}: valid: {len(schedule)} tasks{f' and {calls} collectives' if calls else ''} on {len(schedule.devices)} devices,"
         f" makespan {report.makespan * 1e3:.6g} ms, peak memory {report.peak_memory / 1e9:.4g} GB"
     )
