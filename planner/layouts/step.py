@@ -152,7 +152,7 @@ def step_result(run: LayoutRun, timeline: Timeline, name: str) -> StepResult:
     layout, scenario = run.layout, run.scenario
     devices = run.problem.cluster.devices[: layout.world_size]
     tokens = layout.global_batch_size * run.shape.seq_len
-    note = timeline.violations[0].message if timeline.violations else ""
+    note = _note(timeline, fullest, peak)
     return StepResult(
         name=name, layout=describe_layout(layout), step=step, tokens_per_s=tokens / step,
         mfu=_model_flops(scenario, layout) / (step * sum(d.peak_flops for d in devices)),
@@ -163,10 +163,21 @@ def step_result(run: LayoutRun, timeline: Timeline, name: str) -> StepResult:
     )
 
 
+def _note(timeline: Timeline, device: str, peak: float) -> str:
+    """The first violation, short (the full sentence is in the timeline)."""
+    if not timeline.violations:
+        return ""
+    first = timeline.violations[0]
+    if first.kind == "memory":
+        capacity = timeline.problem.cluster.by_name[device].memory_bytes
+        return f"over memory: {peak / 1e9:.1f} > {capacity / 1e9:.0f} GB"
+    return first.message[:60]
+
+
 def _simulated(run: LayoutRun) -> str:
-    what = f"{len(run.simulated)} of {run.layout.world_size} ranks replayed"
+    what = f"{len(run.simulated)}/{run.layout.world_size}"
     if run.phantoms:
-        what += f", {len(run.phantoms)} more in its collectives"
+        what += f" +{len(run.phantoms)} in coll."
     if run.tp_mode == "priced":
         what += ", TP priced"
     return what
