@@ -1,0 +1,136 @@
+"""Replaying hybrid-parallel layouts (planner.layouts): exact timelines on tiny clusters.
+
+A two-layer transformer small enough to compute by hand on 2 devices behind a switch of
+100 GB/s and 2 µs per hop (a transfer between two GPUs crosses two links: 4 µs, 100 GB/s).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from opplan.cli import main
+from planner.layouts.build import build_layout_run
+from planner.layouts.step import simulate_layout
+from simulator.engine import replay
+from simulator.memory_model import rank_memory
+from simulator.scenario import scenario_from_dict
+
+TINY = {
+    "name": "tiny",
+    "model": {"type": "transformer", "layers": 2, "hidden": 256, "heads": 4, "ffn": 512, "vocab": 1024,
+              "seq_len": 128, "micro_batch_size": 1},
+    "cluster": {"devices": 2, "device": {"type": "generic", "memory_gb": 80, "peak_tflops": 100},
+                "interconnect": {"bandwidth_GBps": 100, "latency_us": 2}},
+    "workload": {"micro_batches": 2},
+}
+
+
+def _scenario(model: dict | None = None, **parallel):
+    doc = copy.deepcopy(TINY)
+    doc["model"].update(model or {})
+    if parallel:
+        doc["parallel"] = parallel
+    return scenario_from_dict(doc, "tiny.yaml")
+
+
+def _executed(timeline, device):
+    return [e for e in timeline.executed if e.device == device]
+
+
+def test_tp2_forward_is_half_the_flops_then_an_alpha_beta_all_reduce():
+    """TP 2: each rank runs half of L0's forward FLOPs, then all-reduces the s·b·h stream:
+    a ring of 2 takes 2(n−1)·α + 2(n−1)/n · S/B = 2α + S/B."""
+    scenario = _scenario(tp=2, global_batch_size=2)
+    run = build_layout_run(scenario, scenario.parallel)
+    assert run.tp_mode == "replay"
+    timeline = replay(run.problem, run.schedule)
+    assert timeline.ok
+    graph_flops = sum(op.flops["F"] for op in scenario.problem.graph.operators if op.group == "layer0")
+    device = scenario.problem.cluster.devices[0]
+    done = _executed(timeline, "gpu0")
+    index = next(i for i, e in enumerate(done) if e.entry.tasks and e.entry.first.op == "L0@0.0.0" and e.entry.first.mb == 0
+                 and e.entry.first.kind == "F")
+    forward = done[index]
+    assert forward.end - forward.start == pytest.approx(graph_flops / 2 / device.effective_flops, rel=1e-12)
+    reduce = [e for e in done[index + 1:index + 3]]
+    assert all(e.entry.collective.collective.op == "all_reduce" for e in reduce)  # attention and MLP blocks
+    size = 128 * 256 * 2  # s b h bytes, bf16
+    assert reduce[0].start == pytest.approx(forward.end)
+    route = scenario.problem.cluster.route("gpu0", "gpu1")
+    assert (route.latency, route.bandwidth) == (pytest.approx(2e-6), pytest.approx(100e9))
+    assert reduce[0].end - reduce[0].start == pytest.approx(2 * route.latency + size / route.bandwidth, rel=1e-9)
+
+
+def test_ddp_gradient_all_reduce_overlaps_the_backward():
+    """DP 2, layers of 134 MB of gradients (over DDP's 25 MiB cap): the first bucket runs on the
+    comm stream while the compute stream is still in the backward of earlier layers."""
+    scenario = _scenario({"hidden": 2048, "heads": 16, "ffn": 8192}, dp=2, global_batch_size=4)
+    run = build_layout_run(scenario, scenario.parallel)
+    timeline = replay(run.problem, run.schedule)
+    done = _executed(timeline, "gpu0")
+    buckets = [e for e in done if e.entry.collective is not None and e.entry.collective.name.startswith("dp.grads")]
+    compute = [e for e in done if e.entry.collective is None]
+    assert buckets and all(e.entry.collective.collective.op == "all_reduce" for e in buckets)
+    assert buckets[0].start < max(e.end for e in compute)
+    assert any(c.start < buckets[0].end and buckets[0].start < c.end for c in compute)  # really overlapping
+
+
+def test_zero3_gathers_each_units_weights_before_its_forward_and_backward():
+    scenario = _scenario(dp=2, zero=3, global_batch_size=4)
+    run = build_layout_run(scenario, scenario.parallel)
+    timeline = replay(run.problem, run.schedule)
+    done = _executed(timeline, "gpu0")
+    gathers = {e.entry.collective.name.split("@")[0]: e for e in done if e.entry.collective is not None
+               and e.entry.collective.collective.op == "all_gather"}
+    tasks = [e for e in done if e.entry.collective is None and e.entry.first.kind in ("F", "B")]
+    for task in tasks:
+        first = task.entry.first
+        gather = gathers[f"ag.{first.kind}.{first.op.split('@')[0]}.{first.mb}"]
+        assert gather.end <= task.start + 1e-15
+    reduces = [e for e in done if e.entry.collective is not None and e.entry.collective.collective.op == "reduce_scatter"]
+    assert len(reduces) == 4  # one per unit (embedding, two layers, head): FSDP's per-module reduce-scatter
+
+
+@pytest.mark.parametrize("parallel", [{"dp": 2, "zero": 3, "global_batch_size": 4}, {"pp": 2, "global_batch_size": 4},
+                                      {"tp": 2, "zero": 1, "global_batch_size": 2}])
+def test_static_memory_per_rank_equals_the_memory_model(parallel):
+    scenario = _scenario(**parallel)
+    run = build_layout_run(scenario, scenario.parallel)
+    timeline = replay(run.problem, run.schedule)
+    from planner.layouts.build import shape_of
+    for rank, device in enumerate(("gpu0", "gpu1")):
+        memory = rank_memory(shape_of(scenario), scenario.parallel, rank)
+        assert timeline.static_memory[device] == pytest.approx(memory.total - memory.activations, rel=1e-12)
+
+
+def test_a_step_adds_the_memory_bound_optimizer_after_the_replay():
+    scenario = _scenario(dp=2, zero=1, global_batch_size=4)
+    result = simulate_layout(scenario, scenario.parallel)
+    params = sum(op.params for op in scenario.problem.graph.operators)
+    assert result.optimizer_step == pytest.approx(28 * params / 2 / 3.35e12, rel=1e-9)
+    assert result.comm_exposed + result.comm_hidden == pytest.approx(result.comm)
+
+
+def test_compare_lists_the_presets_for_a_transformer(tmp_path: Path, capsys):
+    import yaml
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    assert main(["compare", str(path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("ddp", "zero1", "fsdp", "megatron", "1f1b", "zb-h1"):
+        assert f"│ {name} " in out
+    assert "megatron-moe: megatron-moe needs a mixture-of-experts model" in out
+
+
+def test_a_bad_layout_is_one_line(tmp_path: Path, capsys):
+    import yaml
+    doc = copy.deepcopy(TINY)
+    doc["parallel"] = {"tp": 2, "dp": 2}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["compare", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "parallel.dp" in err
