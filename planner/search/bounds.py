@@ -1,0 +1,144 @@
+"""Lower bounds on a layout's replayed step time and per-rank peak memory, from formulas.
+
+Both are *lower* bounds of what :func:`planner.layouts.step.simulate_layout` reports for
+the same layout, so a layout whose bound exceeds the memory capacity, or whose time bound
+is no better than a step already simulated, can be discarded without replaying it.
+
+Time, per pipeline rank ``r`` (every data-parallel replica is the same by symmetry):
+
+    step >= start_r + work_r + reduce_r + optimizer_r + gather_r
+
+- ``work_r``: the rank's micro-batches times its units' F + B + W (FLOPs at the
+  device's achievable GEMM rate, as the replay times them; full recompute adds F inside
+  B) plus each unit's TP all-reduces / reduce-scatters + all-gathers and EP all-to-alls
+  priced on an idle cluster by :func:`simulator.collectives.collective_time` — they run
+  on the compute stream, and contention only makes them slower. DualPipe's two
+  directions share the micro-batches (``m / 2`` per held stage); with ``fb_overlap`` a
+  fused F&B pair may save ``fb_overlap x min(F, B)``, which is subtracted.
+- ``start_r``: the pipeline bubble a rank cannot avoid: its first task is an F of one
+  of its stages, which waits for that micro-batch's F on every earlier stage (for
+  1F1B this is Narayanan et al.'s ``(p - 1) t_F`` on the last rank).
+- ``reduce_r``: data-parallel gradient reduction not hidable after the last backward:
+  the bucket holding the last-finished unit is at least that unit's gradients, reduced
+  (all-reduce for ZeRO-0/1, reduce-scatter for 2/3) over the ``dp x cp`` group after its
+  last W — the cheapest such unit of the rank.
+- ``optimizer_r`` and ``gather_r``: the fused Adam step on the rank's shard and the
+  ZeRO-1/2 weight all-gather, which the step adds after the replay
+  (:mod:`planner.layouts.step`), computed the same way.
+
+Memory, per rank: the model states and buffers of :func:`simulator.memory_model.rank_memory`
+(the replay's static memory) plus one micro-batch's activations of the lightest stage the
+rank holds (held from the end of that stage's F until its B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from simulator.cluster import Cluster
+from simulator.collectives import Collective, collective_time
+from simulator.hybrid import GATHER_BYTES, Unit, optimizer_seconds, stage_units
+from simulator.layout import Layout
+from simulator.memory_model import GRAD_BYTES, rank_memory
+from simulator.shapes import ModelShape
+
+__all__ = ["Bound", "LayoutCosts", "layout_bound"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A layout's lower bounds: step seconds (and its parts on the binding rank) and peak bytes."""
+
+    time: float
+    memory: float
+    compute: float
+    bubble: float
+    communication: float
+    tail: float
+
+
+@dataclass(frozen=True)
+class LayoutCosts:
+    """Per-unit idle-cluster seconds of one layout's units (shared by layouts with the same units)."""
+
+    units: tuple[Unit, ...]
+    #: A layout with these units' degrees (groups are those of its first ranks; schedule and cut unused).
+    layout: Layout
+    cluster: Cluster
+
+    def _group(self, token: str) -> tuple[str, ...]:
+        names = self.cluster.device_names
+        return tuple(names[r] for r in self.layout.groups(token)[0])
+
+    def _price(self, op: str, token: str, size: float) -> float:
+        group = self._group(token)
+        return collective_time(Collective(op, group, size), self.cluster) if len(group) > 1 and size > 0 else 0.0
+
+    @cached_property
+    def passes(self) -> tuple[dict[str, float], ...]:
+        """Per unit: seconds of F, B, W including its TP and EP collectives (compute stream)."""
+        eff = self.cluster.devices[0].effective_flops
+        cache: dict[tuple[str, str, float], float] = {}
+        out = []
+        for u in self.units:
+            t = {k: u.flops[k] / eff for k in ("F", "B", "W")}
+            calls = [("F", op, "tp", s) for op, s in u.tp_forward] + [("B", op, "tp", s) for op, s in u.tp_backward]
+            calls += [("F" if i < 2 else "B", "all_to_all", "ep", s) for i, s in enumerate(u.all_to_all)]
+            for kind, op, token, size in calls:
+                if (op, token, size) not in cache:
+                    cache[op, token, size] = self._price(op, token, size)
+                t[kind] += cache[op, token, size]
+            out.append(t)
+        return tuple(out)
+
+    @cached_property
+    def reductions(self) -> tuple[float, ...]:
+        """Per unit: its dense gradients reduced over the data-parallel group, alone."""
+        op = "all_reduce" if self.layout.zero < 2 else "reduce_scatter"
+        return tuple(self._price(op, "dp-cp", GRAD_BYTES * u.dense_params) for u in self.units)
+
+
+def _stage_time(costs: LayoutCosts, units: tuple[int, ...], kind: str) -> float:
+    return sum(costs.passes[u][kind] for u in units)
+
+
+def _tail(costs: LayoutCosts, held: set[int]) -> float:
+    """Optimizer step on the rank's shard, plus the ZeRO-1/2 all-gather of its updated weights."""
+    layout = costs.layout
+    dense = sum(costs.units[u].dense_params for u in held)
+    expert = sum(costs.units[u].expert_params for u in held)
+    shard = dense / (layout.dp * layout.cp) + expert / layout.expert_dp if layout.zero >= 1 else dense + expert
+    tail = optimizer_seconds(shard, costs.cluster.devices[0].type)
+    if layout.zero in (1, 2):
+        tail += costs._price("all_gather", "dp-cp", GATHER_BYTES * dense) + costs._price("all_gather", "expert-dp", GATHER_BYTES * expert)
+    return tail
+
+
+def _rank_time(costs: LayoutCosts, layout: Layout, stages: tuple[tuple[int, ...], ...], r: int, overlap: float) -> tuple[float, ...]:
+    """(total, compute, bubble, communication, tail) lower bound of pipeline rank ``r``."""
+    mine = layout.stages_of(r)
+    share = layout.micro_batches / (2 if layout.schedule == "dualpipe" else 1)
+    passes = {k: share * sum(_stage_time(costs, stages[s], k) for s in mine) for k in ("F", "B", "W")}
+    work = sum(passes.values())
+    if overlap and layout.schedule in ("dualpipe", "dualpipev"):
+        work -= overlap * min(passes["F"], passes["B"])
+    start = min(sum(_stage_time(costs, stages[j], "F") for j in range(s)) for s in mine)
+    held = {u for s in mine for u in stages[s]}
+    reduce = min(costs.reductions[u] for u in held) if layout.dp * layout.cp > 1 else 0.0
+    tail = _tail(costs, held)
+    return start + work + reduce + tail, work, start, reduce, tail
+
+
+def layout_bound(costs: LayoutCosts, layout: Layout, shape: ModelShape, *, fb_overlap: float = 0.0) -> Bound:
+    """Lower bounds of ``layout``'s step time and peak per-rank memory (``costs``: its units,
+    from any layout with the same degrees, ZeRO stage, recompute and micro-batch size)."""
+    stages = stage_units(layout, len(shape.layers))
+    ranks = [_rank_time(costs, layout, stages, r, fb_overlap) for r in range(layout.pp)]
+    total, compute, bubble, comm, tail = max(ranks)
+    memory = 0.0
+    for r in range(layout.pp):
+        states = rank_memory(shape, layout, layout.rank_of(pp=r))
+        lightest = min(sum(costs.units[u].activation_bytes for u in stages[s]) for s in layout.stages_of(r))
+        memory = max(memory, states.total - states.activations + lightest)
+    return Bound(time=total, memory=memory, compute=compute, bubble=bubble, communication=comm, tail=tail)

@@ -1,0 +1,109 @@
+"""The discrete hybrid space of one scenario: every layout Megatron-LM would accept.
+
+Enumerated, not solved: the degrees are divisors of the device count (a few dozen
+combinations), ZeRO has four stages, recompute three modes, the schedules seven. A
+candidate is a :class:`~simulator.layout.Layout` that passes the layout's own checks and
+:func:`simulator.layout.check_model` (TP divides heads, KV heads and ffn; EP divides the
+experts and ``dp x cp``; the global batch splits into whole micro-batches), so nothing
+the simulator rejects is ever proposed.
+
+Kept out on purpose:
+
+- ``cp > 1``: the replay (:mod:`planner.layouts`) divides a rank's work by ``cp`` but does
+  not yet price ring attention's KV exchange, so a search would exploit the gap;
+- TP beyond one node (Megatron's advice, and the replay's TP groups assume NVLink);
+- micro-batch sizes above 4 (the activations grow linearly and the roofline's GEMM rate
+  does not improve with the batch).
+
+Stage cuts are left even here; :mod:`planner.search.cuts` balances them per candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from simulator.errors import InputError
+from simulator.layout import Layout, check_model
+from simulator.shapes import ModelShape
+from simulator.yamlio import Section
+
+__all__ = ["Space", "enumerate_layouts", "divisors", "MICRO_BATCH_SIZES", "RECOMPUTE", "PIPELINE_SCHEDULES"]
+
+MICRO_BATCH_SIZES = (1, 2, 4)
+RECOMPUTE = ("none", "selective", "full")
+#: Pipeline schedules with their virtual stages per rank.
+PIPELINE_SCHEDULES = (("1f1b", 1), ("interleaved-1f1b", 2), ("zb-h1", 1), ("zb-h2", 1), ("dualpipe", 1), ("dualpipev", 1))
+
+
+@dataclass(frozen=True)
+class Space:
+    """What the enumeration ranges over: ``devices`` in nodes of ``per_node``, a fixed global batch."""
+
+    devices: int
+    per_node: int
+    global_batch: int
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _degrees(space: Space, shape: ModelShape) -> Iterator[tuple[int, int, int]]:
+    """``(tp, pp, ep)`` with ``dp = devices / (tp pp)``."""
+    experts = shape.experts or 1
+    for tp in divisors(min(space.devices, space.per_node)):
+        if space.devices % tp:
+            continue
+        for pp in divisors(space.devices // tp):
+            if pp > len(shape.layers):
+                continue
+            dp = space.devices // (tp * pp)
+            for ep in divisors(dp):
+                if experts % ep == 0 and (ep == 1 or shape.experts):
+                    yield tp, pp, ep
+
+
+def _schedules(pp: int, layers: int) -> Iterator[tuple[str, int]]:
+    if pp == 1:
+        yield "1f1b", 1
+        return
+    for schedule, vpp in PIPELINE_SCHEDULES:
+        stages = 2 * pp if schedule == "dualpipev" else pp * vpp
+        if stages <= layers:
+            yield schedule, vpp
+
+
+def _candidate(shape: ModelShape, **fields) -> Layout | None:
+    try:
+        layout = Layout(**fields)
+        check_model(layout, shape, Section({}, path="parallel"))
+    except InputError:
+        return None
+    return layout
+
+
+def enumerate_layouts(space: Space, shape: ModelShape) -> Iterator[Layout]:
+    """Every valid layout of the space (even stage cuts where ``pp x vpp`` divides the
+    layers; otherwise the cut is left for :mod:`planner.search.cuts`)."""
+    for tp, pp, ep in _degrees(space, shape):
+        dp = space.devices // (tp * pp)
+        for schedule, vpp in _schedules(pp, len(shape.layers)):
+            for mbs in MICRO_BATCH_SIZES:
+                if space.global_batch % (dp * mbs):
+                    continue
+                for zero in range(4):
+                    for recompute in RECOMPUTE:
+                        for sp in (False, True) if tp > 1 else (False,):
+                            layout = _candidate(shape, dp=dp, tp=tp, pp=pp, ep=ep, sequence_parallel=sp, zero=zero, vpp=vpp,
+                                                recompute=recompute, micro_batch_size=mbs, global_batch_size=space.global_batch,
+                                                schedule=schedule, stage_layers=_even(shape, pp, vpp, schedule))
+                            if layout is not None:
+                                yield layout
+
+
+def _even(shape: ModelShape, pp: int, vpp: int, schedule: str) -> tuple[int, ...]:
+    """An even cut when it exists, else the cut of the first stages one layer longer (refined later)."""
+    stages = 2 * pp if schedule == "dualpipev" else pp * vpp
+    base, extra = divmod(len(shape.layers), stages)
+    return tuple(base + (1 if k < extra else 0) for k in range(stages))
