@@ -1,0 +1,107 @@
+"""The hybrid-space search (planner.search): sound bounds, valid plans, honest time limits.
+
+A four-layer transformer on 4 devices (two nodes of two) is small enough to enumerate
+and replay every layout, so the search's claims are checked against brute force."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+
+from planner.search.context import SearchContext
+from planner.search.cuts import balanced_cut, max_stage_seconds
+from planner.search.evaluate import replay_layout
+from planner.search.search import search_layouts
+from planner.search.space import enumerate_layouts
+from simulator.layout import Layout, check_model
+from simulator.scenario import scenario_from_dict
+from simulator.yamlio import Section
+
+SMALL = {
+    "name": "small",
+    "model": {"type": "transformer", "layers": 4, "hidden": 256, "heads": 4, "ffn": 512, "vocab": 1024,
+              "seq_len": 128, "micro_batch_size": 1},
+    "cluster": {"devices": 4, "device": {"type": "generic", "memory_gb": 80, "peak_tflops": 100},
+                "interconnect": {"bandwidth_GBps": 100, "latency_us": 2}},
+    "workload": {"micro_batches": 2},
+    "parallel": {"dp": 4, "global_batch_size": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def small():
+    return scenario_from_dict(copy.deepcopy(SMALL), "small.yaml")
+
+
+@pytest.fixture(scope="module")
+def brute(small):
+    """Every layout of the space, its bounds and its replay."""
+    ctx = SearchContext(small)
+    rows = []
+    for layout in enumerate_layouts(ctx.space, ctx.shape):
+        if layout.micro_batch_size > 1 or layout.recompute == "selective":
+            continue  # keeps the test fast; the other modes still cover each axis
+        rows.append((layout, ctx.bound(layout), replay_layout(small, layout)))
+    return ctx, rows
+
+
+@pytest.fixture(scope="module")
+def found(small):
+    return search_layouts(small, time_limit=60)
+
+
+def test_the_time_bound_is_never_above_the_replayed_step(brute):
+    _, rows = brute
+    replayed = [(layout, bound, result) for layout, bound, result in rows if not isinstance(result, str)]
+    assert len(replayed) > 50  # the rest the schedule generators refuse (e.g. ZB-H2 with too few micro-batches)
+    for layout, bound, result in replayed:
+        assert bound.time <= result.step * (1 + 1e-9), layout
+
+
+def test_the_memory_bound_is_never_above_the_replayed_peak(brute):
+    _, rows = brute
+    for layout, bound, result in rows:
+        if isinstance(result, str):
+            continue
+        assert bound.memory <= result.memory_peak * (1 + 1e-9), layout
+
+
+def test_the_search_finds_the_brute_force_optimum_and_its_bound_is_below_it(found, brute):
+    _, rows = brute
+    optimum = min(result.step for _, _, result in rows if not isinstance(result, str) and not result.note)
+    assert found.lower_bound <= optimum * (1 + 1e-9)
+    assert found.certified
+    assert found.best.result.step <= optimum * (1 + 1e-9)  # the full space also has selective / larger micro-batches
+    assert found.pruned_time + found.pruned_memory + len(found.replayed) + found.mip_cuts >= found.enumerated
+
+
+def test_the_plan_is_a_layout_the_simulator_accepts(small, found):
+    layout = found.best.layout
+    check_model(layout, SearchContext(small).shape, Section({}, path="parallel"))
+    assert layout.world_size == 4
+    again = replay_layout(small, layout)
+    assert again.note == "" and again.step == pytest.approx(found.best.result.step)
+
+
+def test_the_mip_cut_balances_an_uneven_split(small):
+    ctx = SearchContext(small)
+    layout = Layout(pp=3, dp=1, global_batch_size=6, stage_layers=(2, 1, 1))
+    costs = ctx.costs(layout)
+    cut = balanced_cut(costs, layout, ctx.capacity)
+    assert sum(cut.layers) == 4 and len(cut.layers) == 3
+    best = min(max_stage_seconds(costs, c) for c in ((2, 1, 1), (1, 2, 1), (1, 1, 2)))
+    assert cut.seconds == pytest.approx(best)
+
+
+def test_the_time_limit_is_honoured_within_ten_percent():
+    doc = copy.deepcopy(SMALL)
+    doc["model"].update(layers=8, seq_len=512)
+    doc["cluster"]["devices"] = 8
+    doc["parallel"] = {"dp": 8, "global_batch_size": 32}
+    scenario = scenario_from_dict(doc, "small.yaml")
+    started = time.monotonic()
+    found = search_layouts(scenario, time_limit=2.0)
+    assert time.monotonic() - started <= 2.2
+    assert found.best is None or found.best.feasible
