@@ -159,7 +159,7 @@ def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> Layo
     tp_mode, replicas = _modes(units, layout)
     pipeline = _pipeline(scenario, layout)
     ctx = Context(layout, units, stage_units(layout, len(shape.layers)), scenario.problem.cluster.device_names, tp_mode,
-                  replicas, pipeline)
+                  replicas, pipeline, scenario.problem.cluster)
     cluster = scenario.problem.cluster
     tp_prices = _tp_seconds(units, layout, scenario) if tp_mode == "priced" else {}
     operators = _operators(ctx, shape, cluster.devices[0].effective_flops, tp_prices)
@@ -167,12 +167,8 @@ def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> Layo
                       Workload(layout.micro_batches, fb_overlap=scenario.problem.workload.fb_overlap))
     lists, phantoms = expand_all(ctx)
     schedule = Schedule.from_lists(lists, name=name or layout.schedule, meta={"generator": "planner.layouts", "tp": tp_mode})
-    per_pass = {}
-    if tp_prices:
-        for device in ctx.simulated:
-            per_pass[device] = 0.0  # filled by the step report from the executed tasks
-    return LayoutRun(scenario, layout, shape, units, problem, schedule, ctx.simulated, phantoms, tp_mode, replicas,
-                     {d: _priced_total(ctx, tp_prices, d) for d in per_pass})
+    priced = {d: _priced_total(ctx, tp_prices, d) for d in ctx.simulated} if tp_prices else {}
+    return LayoutRun(scenario, layout, shape, units, problem, schedule, ctx.simulated, phantoms, tp_mode, replicas, priced)
 
 
 def _priced_total(ctx: Context, tp_prices: Mapping, device: str) -> float:

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 __all__ = ["DDP_BUCKET_BYTES", "bucket_bytes", "comm_stream"]
 
 DDP_BUCKET_BYTES = 25 * 2**20
+#: At most this many simulated transfers for one rank's gradient buckets: a gradient of
+#: 138 GB in 25 MiB buckets over 32 ranks would be 21 M transfers; above the budget the
+#: buckets grow (fewer, larger: only the last one's exposure changes, by its size).
+BUCKET_TRANSFER_BUDGET = 200_000
 
 
 def bucket_bytes(layout) -> float:
@@ -72,7 +76,8 @@ def _unit_index(ctx: Context, op: str) -> int:
     return ctx.unit_index[name]
 
 
-def _grad_calls(ctx: Context, units: list[tuple[int, Task]], device: str, expert: bool, index: int) -> list[CollectiveCall]:
+def _grad_calls(ctx: Context, units: list[tuple[int, Task]], device: str, expert: bool, index: int,
+                cap: float) -> list[CollectiveCall]:
     """Bucket(s) for the gradients of ``units`` (each with its last W task)."""
     layout = ctx.layout
     group = ctx.group("expert-dp" if expert else "dp-cp", device)
@@ -82,7 +87,7 @@ def _grad_calls(ctx: Context, units: list[tuple[int, Task]], device: str, expert
     if size == 0:
         return []
     op = "all_reduce" if layout.zero < 2 else "reduce_scatter"
-    parts = max(1, math.ceil(size / bucket_bytes(layout))) if layout.zero != 3 else 1
+    parts = max(1, math.ceil(size / cap)) if cap > 0 else 1
     after = tuple(task for _, task in units)
     tag = "edp" if expert else "dp"
     return [ctx.call(f"{tag}.grads.{index}.{i}", op, size / parts, group, "comm", after=after) for i in range(parts)]
@@ -95,12 +100,15 @@ def _buckets(ctx: Context, compute: list, device: str) -> dict[int, list[Collect
         if isinstance(item, Task) and item.kind == "W":
             last[_unit_index(ctx, item.op)] = (position, item)
     cap = bucket_bytes(ctx.layout) if ctx.layout.zero != 3 else 0.0
+    n = len(ctx.group("dp-cp", device))
+    total = sum(GRAD_BYTES * ctx.units[u].params for u in last)
+    cap = max(cap, total * 2 * n * n / BUCKET_TRANSFER_BUDGET)
     out: dict[int, list[CollectiveCall]] = {}
     pending: list[tuple[int, Task]] = []
     for unit, (position, task) in sorted(last.items(), key=lambda kv: kv[1][0]):
         pending.append((unit, task))
         if sum(GRAD_BYTES * ctx.units[u].params for u, _ in pending) >= cap or position == max(p for p, _ in last.values()):
-            out[position] = [c for expert in (False, True) for c in _grad_calls(ctx, pending, device, expert, len(out))]
+            out[position] = [c for expert in (False, True) for c in _grad_calls(ctx, pending, device, expert, len(out), cap)]
             pending = []
     return out
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from planner.layouts.dataparallel import comm_stream
-from simulator.collectives import Collective
+from simulator.cluster import Cluster
+from simulator.collectives import Collective, collective_time
 from simulator.hybrid import Unit
 from simulator.layout import Layout
 from simulator.problem import Task
@@ -28,6 +29,8 @@ from simulator.schedule import CollectiveCall, Entry, Schedule
 __all__ = ["Context", "expand_all"]
 
 Copy = tuple[int, int, int]  # (dp replica, tp rank, cp rank)
+#: Collectives over at least this many ranks with one replayed member are priced (see Context._stand_in).
+PRICED_GROUP = 16
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Context:
     tp_mode: str
     replicas: int
     pipeline: Schedule
+    cluster: Cluster | None = None
     calls: dict[str, CollectiveCall] = field(default_factory=dict)
 
     @cached_property
@@ -92,10 +96,35 @@ class Context:
         name = f"{tag}@{group[0]}"
         found = self.calls.get(name)
         if found is None:
-            found = self.calls[name] = CollectiveCall(name, Collective(op, group, size), stream, tuple(after), tuple(before))
+            collective = self._stand_in(op, size, group) or Collective(op, group, size)
+            found = self.calls[name] = CollectiveCall(name, collective, stream, tuple(after), tuple(before))
         elif after or before:  # another member's tasks: the call waits for every member's
             found = self.calls[name] = replace(found, after=found.after + tuple(after), before=found.before + tuple(before))
         return found
+
+    @cached_property
+    def _simulated_set(self) -> frozenset[str]:
+        return frozenset(self.simulated)
+
+    def _stand_in(self, op: str, size: float, group: tuple[str, ...]) -> Collective | None:
+        """A collective over :data:`PRICED_GROUP` or more ranks, most outside the replayed slice:
+        priced by :func:`collective_time` on its real group, and replayed as one transfer of
+        that duration from the slice's member to the next member on its own links (so it
+        still holds the member's NIC against the slice's pipeline traffic). A ring over 32
+        ranks in 4 nodes would be 62 steps of 64 transfers each."""
+        if self.cluster is None or len(group) < PRICED_GROUP:
+            return None
+        inside = [i for i, d in enumerate(group) if d in self._simulated_set]
+        if len(inside) != 1:
+            return None
+        i = inside[0]
+        j = (i + 1) % len(group)
+        seconds = collective_time(Collective(op, group, size), self.cluster)
+        route = self.cluster.route(group[i], group[j])
+        size = max(0.0, seconds - route.latency) * route.bandwidth
+        matrix = [[0.0] * len(group) for _ in group]
+        matrix[i][j] = size
+        return Collective("all_to_all", group, size, matrix=tuple(tuple(row) for row in matrix))
 
     def final(self, item):
         """``item`` with a collective call replaced by its final version (every member's tasks)."""
