@@ -134,3 +134,28 @@ def test_a_bad_layout_is_one_line(tmp_path: Path, capsys):
     assert main(["compare", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "parallel.dp" in err
+
+
+def test_priced_tp_gives_the_replayed_tp_step_when_nothing_else_shares_its_links(monkeypatch):
+    """The scale reduction (one TP rank standing for its group, TP collectives priced into its
+    task times) is exact when the TP links carry nothing else: same step, same comm."""
+    import planner.layouts.build as build
+    scenario = _scenario(tp=2, pp=1, sequence_parallel=True, global_batch_size=4)
+    replayed = simulate_layout(scenario, scenario.parallel)
+    monkeypatch.setattr(build, "TP_REPLAY_TRANSFERS", 0)
+    priced = simulate_layout(scenario, scenario.parallel)
+    assert "TP priced" in priced.simulated and "TP priced" not in replayed.simulated
+    assert priced.step == pytest.approx(replayed.step, rel=1e-9)
+    assert priced.comm_exposed == pytest.approx(replayed.comm_exposed, rel=1e-9)
+
+
+def test_a_reduced_replica_joins_its_dp_collectives_from_the_other_replicas(monkeypatch):
+    """Above FULL_REPLAY_DEVICES one replica is replayed; the other joins only its gradient
+    all-reduces, which still run on the real links: the step matches the full replay."""
+    import planner.layouts.build as build
+    scenario = _scenario({"hidden": 2048, "heads": 16, "ffn": 8192}, dp=2, global_batch_size=4)
+    full = simulate_layout(scenario, scenario.parallel)
+    monkeypatch.setattr(build, "FULL_REPLAY_DEVICES", 1)
+    reduced = simulate_layout(scenario, scenario.parallel)
+    assert reduced.simulated == "1/2 +1 in coll." and full.simulated == "2/2"
+    assert reduced.step == pytest.approx(full.step, rel=1e-9)

@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from planner.layouts.expand import Context, expand_all
+from planner.layouts.context import Context
+from planner.layouts.expand import expand_all
 from planner.schedules import generate
 from simulator.collectives import Collective, collective_time
 from simulator.errors import InputError

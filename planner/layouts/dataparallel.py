@@ -25,15 +25,12 @@ pending reduce-scatter, which this does not.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from planner.layouts.context import Context
 from simulator.hybrid import GATHER_BYTES
 from simulator.memory_model import GRAD_BYTES
 from simulator.problem import Task
 from simulator.schedule import CollectiveCall
-
-if TYPE_CHECKING:
-    from planner.layouts.expand import Context
 
 __all__ = ["DDP_BUCKET_BYTES", "bucket_bytes", "comm_stream"]
 
@@ -87,7 +84,7 @@ def _grad_calls(ctx: Context, units: list[tuple[int, Task]], device: str, expert
     if size == 0:
         return []
     op = "all_reduce" if layout.zero < 2 else "reduce_scatter"
-    parts = max(1, math.ceil(size / cap)) if cap > 0 else 1
+    parts = max(1, math.ceil(size / cap)) if layout.zero != 3 else 1
     after = tuple(task for _, task in units)
     tag = "edp" if expert else "dp"
     return [ctx.call(f"{tag}.grads.{index}.{i}", op, size / parts, group, "comm", after=after) for i in range(parts)]
