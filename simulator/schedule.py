@@ -310,7 +310,12 @@ def schedule_from_dict(doc: Any, *, file: str | None = None) -> Schedule:
     meta = doc.get("meta", {})
     if not isinstance(meta, dict):
         raise InputError("expected a mapping", file=file, field="meta")
-    return Schedule(devices=parsed, name=str(doc.get("name", "")), meta=meta)
+    schedule = Schedule(devices=parsed, name=str(doc.get("name", "")), meta=meta)
+    unused = [name for name in calls if name not in schedule.collectives]
+    if unused:
+        raise InputError(f"collective {unused[0]!r} is defined but no device lists it (add {{collective: {unused[0]}}}"
+                         " where each member runs it)", file=file, field=f"collectives.{unused[0]}")
+    return schedule
 
 
 def load_schedule(path: str | Path) -> Schedule:

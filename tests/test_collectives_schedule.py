@@ -91,6 +91,13 @@ class TestFormat:
             schedule_from_dict(document(**change), file="s.json")
         assert (info.value.file, info.value.field) == ("s.json", field)
 
+    def test_a_definition_no_device_lists(self):
+        doc = document()
+        doc["collectives"]["spare"] = {"op": "all_gather", "group": ["gpu0", "gpu1"], "bytes": 1}
+        with pytest.raises(InputError, match="collective 'spare' is defined but no device lists it") as info:
+            schedule_from_dict(doc)
+        assert info.value.field == "collectives.spare"
+
     def test_an_entry_naming_an_undefined_collective(self):
         doc = document()
         doc["devices"]["gpu1"][-1] = {"collective": "grad"}
