@@ -80,7 +80,7 @@ def _figure(section: Section, key: str) -> float:
     figure.check_keys({"value", "source", "note"})
     if "source" not in figure or not str(figure.raw("source")).strip():
         raise figure.error("every hardware figure needs a source: note", "source")
-    return figure.number("value", strictly_positive=True)
+    return figure.number("value", strictly_positive=True, minimum=1e-3, maximum=1e6)  # physical range, see simulator.units
 
 
 def load_profile(name_or_path: str, *, base_dir: Path | None = None) -> HardwareProfile:
@@ -182,11 +182,11 @@ def build_cluster(section: Section, *, base_dir: Path | None = None) -> Cluster:
     ``memory_gb`` / ``memory_limit_gb`` and ``bandwidth_scale`` override for what-ifs.
     """
     section.check_keys(_CLUSTER_KEYS)
-    scale = section.number("bandwidth_scale", 1.0, strictly_positive=True)
+    scale = section.number("bandwidth_scale", 1.0, minimum=1e-3, maximum=1e3)
     memory_override = None
     for key in ("memory_gb", "memory_limit_gb"):
         if key in section:
-            memory_override = section.number(key, strictly_positive=True) * 1e9
+            memory_override = section.number(key, minimum=1e-3, maximum=1e6) * 1e9
     if "profile" in section:
         return _profile_cluster(section, scale, memory_override, base_dir)
     return _custom_cluster(section, scale, memory_override)
@@ -237,9 +237,9 @@ def _custom_cluster(section: Section, scale: float, memory_override: float | Non
         Device(
             name=f"gpu{i}",
             type=spec.str("type", "generic"),
-            memory_bytes=memory_override or spec.number("memory_gb", 80.0, strictly_positive=True) * 1e9,
-            peak_flops=spec.number("peak_tflops", 1000.0, strictly_positive=True) * 1e12,
-            efficiency=spec.number("efficiency", 1.0, strictly_positive=True, maximum=1.0),
+            memory_bytes=memory_override or spec.number("memory_gb", 80.0, minimum=1e-3, maximum=1e6) * 1e9,
+            peak_flops=spec.number("peak_tflops", 1000.0, minimum=1e-3, maximum=1e6) * 1e12,
+            efficiency=spec.number("efficiency", 1.0, minimum=1e-3, maximum=1.0),
             node=i // per_node,
         )
         for i in range(count)

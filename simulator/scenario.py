@@ -27,6 +27,7 @@ from simulator.memory_model import read_parallel
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
+from simulator.sizes import check_scenario_size, check_tasks
 from simulator.yamlio import Section, read_section
 
 __all__ = ["Objective", "Scenario", "load_scenario", "scenario_from_dict"]
@@ -77,11 +78,11 @@ def _workload(section: Section) -> Workload:
 
 def _objective(section: Section) -> Objective:
     section.check_keys({"minimize", "memory_limit_gb", "time_limit_s"})
-    limit = section.number("memory_limit_gb", None, strictly_positive=True) if "memory_limit_gb" in section else None
+    limit = section.number("memory_limit_gb", None, minimum=1e-3, maximum=1e6) if "memory_limit_gb" in section else None
     return Objective(
         minimize=section.str("minimize", "makespan", choices=OBJECTIVES),
         memory_limit_bytes=limit * 1e9 if limit is not None else None,
-        time_limit_s=section.number("time_limit_s", 60.0, strictly_positive=True),
+        time_limit_s=section.number("time_limit_s", 60.0, minimum=1.0, maximum=1e6),
     )
 
 
@@ -116,6 +117,7 @@ def scenario_from_dict(data: dict, path: str | Path) -> Scenario:
 
 def scenario_from_section(doc: Section, path: Path) -> Scenario:
     doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline", "parallel"})
+    size = check_scenario_size(doc.data, file=str(path), base_dir=path.parent)  # before building anything
     base_dir = path.parent
     try:
         graph = build_model(doc.section("model"), base_dir)
@@ -132,6 +134,8 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
             exc.field = f"cluster.{exc.field}" if exc.field and not exc.field.startswith("cluster") else exc.field
         raise
     workload = _workload(doc.section("workload"))
+    if size.operators is None:  # e.g. a graph read from its own file: count what was built
+        check_tasks(len(graph.operators), workload.micro_batches, len(workload.kinds), file=str(path), field="model")
     schedule_file = None
     if "schedule" in doc:
         schedule_file = base_dir / doc.str("schedule")

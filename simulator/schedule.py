@@ -55,7 +55,7 @@ from simulator.collectives import Collective, canonical_op
 from simulator.errors import InputError
 from simulator.graph import STREAMS
 from simulator.problem import Task, parse_task
-from simulator.yamlio import load_document
+from simulator.yamlio import load_document, show
 
 __all__ = [
     "CollectiveCall", "Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_text",
@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 FORMAT = "opplan-schedule/1"
+#: Latest not-before start time (seconds): a day, the longest time any quantity may take (see simulator.units).
+MAX_START_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -191,9 +193,9 @@ def _parse_task(value: Any, file: str | None, where: str) -> Task:
     if isinstance(value, dict) and {"op", "mb", "kind"} <= set(value):
         mb = value["mb"]
         if isinstance(mb, bool) or not isinstance(mb, int):
-            raise InputError(f"micro-batch must be an integer, got {mb!r}", file=file, field=f"{where}.mb")
+            raise InputError(f"micro-batch must be an integer, got {show(mb)}", file=file, field=f"{where}.mb")
         return Task(str(value["op"]), mb, str(value["kind"]))
-    raise InputError(f"expected a task 'KIND:op:mb' or {{op, mb, kind}}, got {value!r}", file=file, field=where)
+    raise InputError(f"expected a task 'KIND:op:mb' or {{op, mb, kind}}, got {show(value)}", file=file, field=where)
 
 
 def _parse_entry(value: Any, file: str | None, where: str, calls: Mapping[str, CollectiveCall] | None = None) -> Entry:
@@ -215,8 +217,10 @@ def _parse_start(value: dict, file: str | None, where: str) -> float | None:
     start = value.get("start")
     if start is None:
         return None
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or start < 0:
-        raise InputError(f"start must be a non-negative number of seconds, got {start!r}", file=file, field=f"{where}.start")
+    ok = not isinstance(start, bool) and isinstance(start, (int, float)) and 0 <= start <= MAX_START_S  # False for NaN
+    if not ok:
+        raise InputError(f"start must be a number of seconds in [0, {MAX_START_S:g}], got {show(start)}", file=file,
+                         field=f"{where}.start")
     return float(start)
 
 

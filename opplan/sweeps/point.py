@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from planner import schedules
 from planner.schedules import NotApplicable
 from simulator.engine import replay
 from simulator.errors import InputError, OpplanError, ScheduleRejected
+from simulator.limits import Limits, current_limits, using_limits
 from simulator.metrics import Report, build_report
 from simulator.scenario import Scenario, scenario_from_dict
 from simulator.schedule import Schedule, load_schedule
@@ -63,6 +64,8 @@ class PointJob:
     base_file: str
     folder: str
     planner_time_limit_s: float | None = None
+    #: The driver's limits: a Dask worker is another process and would otherwise use the defaults.
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def schedule(self) -> str | None:
@@ -77,6 +80,7 @@ def job_for(spec: SweepSpec, point: Point) -> PointJob:
         base_file=str(spec.base_file),
         folder=str(spec.folder),
         planner_time_limit_s=spec.planner_time_limit_s,
+        limits=current_limits(),
     )
 
 
@@ -147,18 +151,8 @@ def run_point(job: PointJob) -> dict[str, Any]:
     started = time.perf_counter()
     row: dict[str, Any] = {"key": job.key, "fields": dict(job.fields), "status": "error", "error": "", "schedule_name": ""}
     try:
-        doc = apply_overrides(dict(job.base_doc), [(path, value) for path, value in job.fields if path != "schedule"])
-        scenario = scenario_from_dict(doc, job.base_file)
-        schedule = resolve_schedule(job.schedule, scenario, folder=Path(job.folder), time_limit_s=job.planner_time_limit_s)
-        row["schedule_name"] = schedule.name
-        timeline = replay(scenario.problem, schedule)
-        row.update(metrics_of(build_report(timeline), len(schedule)))
-        if timeline.violations:
-            row["status"] = "invalid"
-            more = len(timeline.violations) - 1
-            row["error"] = timeline.violations[0].message + (f" (and {more} more)" if more else "")
-        else:
-            row["status"] = "ok"
+        with using_limits(job.limits):
+            _run(job, row)
     except NotApplicable as exc:
         row["status"] = "not-applicable"
         row["error"] = exc.message
@@ -166,3 +160,19 @@ def run_point(job: PointJob) -> dict[str, Any]:
         row["error"] = _describe(exc)
     row["elapsed_s"] = time.perf_counter() - started
     return row
+
+
+def _run(job: PointJob, row: dict[str, Any]) -> None:
+    """Overrides -> scenario -> schedule -> replay, filling ``row``; raises for a failed point."""
+    doc = apply_overrides(dict(job.base_doc), [(path, value) for path, value in job.fields if path != "schedule"])
+    scenario = scenario_from_dict(doc, job.base_file)
+    schedule = resolve_schedule(job.schedule, scenario, folder=Path(job.folder), time_limit_s=job.planner_time_limit_s)
+    row["schedule_name"] = schedule.name
+    timeline = replay(scenario.problem, schedule)
+    row.update(metrics_of(build_report(timeline), len(schedule)))
+    if timeline.violations:
+        row["status"] = "invalid"
+        more = len(timeline.violations) - 1
+        row["error"] = timeline.violations[0].message + (f" (and {more} more)" if more else "")
+    else:
+        row["status"] = "ok"
