@@ -263,6 +263,17 @@ class TestWithOtherTraffic:
         out = capsys.readouterr().out
         assert "collectives" in out and "all_reduce" in out and "slowdown" in out
 
+    def test_communication_hidden_behind_compute_and_exposed(self, make_problem, op):
+        """Each GPU computes [0, 1] while its comm stream all-reduces [0, 2]: 1 s of the
+        all-reduce is hidden behind compute, 1 s exposed."""
+        from simulator.metrics import build_report
+
+        problem = make_problem([op("s0"), op("s1")], devices=2, bandwidth=1e9, mode="inference")
+        grads = CollectiveCall("grads", Collective("all_reduce", ("gpu0", "gpu1"), 2e9))  # 2·(1/2)·2 GB / 1 GB/s
+        schedule = Schedule.from_lists({"gpu0": [Task("s0", 0, "F"), grads], "gpu1": [grads, Task("s1", 0, "F")]})
+        report = build_report(simulate(problem, schedule))
+        assert [(d.comm_time, d.comm_hidden, d.comm_exposed) for d in report.devices] == [(2, 1, 1), (2, 1, 1)]
+
     def test_pictures_draw_a_collective_as_communication(self, problem):
         from simulator.pictures import category, gantt_figure
 
