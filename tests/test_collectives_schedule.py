@@ -280,3 +280,25 @@ class TestWithOtherTraffic:
         timeline = simulate(problem, schedule_from_dict(document(stream="compute")))
         assert {category(e) for e in timeline.executed if e.entry.collective} == {"comm"}
         assert len(gantt_figure(timeline).axes) == 1
+
+
+def test_the_bundled_tp2_dp2_scenario_hides_one_bucket_behind_the_backward():
+    """scenarios/tp2-dp2-collectives.yaml: the numbers its comment promises."""
+    from pathlib import Path
+
+    from simulator.metrics import build_report
+    from simulator.scenario import load_scenario
+
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "tp2-dp2-collectives.yaml")
+    timeline = simulate(scenario.problem, load_schedule(scenario.schedule_file))
+    cluster = scenario.problem.cluster
+    tp = collective_time(Collective("all_reduce", ("gpu0", "gpu1"), 3.36e7), cluster)
+    dp = collective_time(Collective("reduce_scatter", ("gpu0", "gpu2"), 1e8), cluster)
+    assert (tp, dp) == pytest.approx((3.36e7 / 292.5e9 + 2 * 25e-9, 0.5e-6 + 0.5e8 / 45e9), rel=1e-12)
+    ms = 1e-3
+    ran = {r.name: (r.start, r.end) for r in timeline.collectives}
+    assert ran["dp0.l1"] == pytest.approx((4 * ms + tp, 4 * ms + tp + dp), rel=1e-12)  # after both replicas' W of layer 1
+    assert ran["dp0.l0"] == pytest.approx((6 * ms + 2 * tp, 6 * ms + 2 * tp + dp), rel=1e-12)
+    assert timeline.makespan == pytest.approx(6 * ms + 2 * tp + dp, rel=1e-12)
+    hidden = {d.device: d.comm_hidden for d in build_report(timeline).devices}
+    assert hidden == pytest.approx(dict.fromkeys(["gpu0", "gpu1", "gpu2", "gpu3"], 1 * ms), rel=1e-9)  # B of layer 0
