@@ -15,6 +15,7 @@ import click
 from opplan.commands.describe import describe
 from opplan.commands.plan import plan_command
 from opplan.commands.plot import plot
+from opplan.commands.profile import profile_command
 from opplan.commands.schedules import compare_command, schedule_command
 from opplan.commands.simulate import simulate, validate
 from opplan.commands.sweep import sweep
@@ -30,7 +31,7 @@ def cli() -> None:
     """Plan and simulate how a model is spread over a GPU cluster."""
 
 
-for _command in (simulate, validate, schedule_command, compare_command, describe, plan_command, sweep, plot):
+for _command in (simulate, validate, schedule_command, compare_command, describe, plan_command, sweep, plot, profile_command):
     cli.add_command(_command)
 
 

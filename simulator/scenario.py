@@ -23,6 +23,7 @@ from typing import Any
 
 from simulator.errors import InputError
 from simulator.layout import Layout
+from simulator.measured import check_device_types
 from simulator.memory_model import read_parallel
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
@@ -133,6 +134,7 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
             exc.file = str(path)
             exc.field = f"cluster.{exc.field}" if exc.field and not exc.field.startswith("cluster") else exc.field
         raise
+    check_device_types(doc.section("model"), graph, cluster)
     workload = _workload(doc.section("workload"))
     if size.operators is None:  # e.g. a graph read from its own file: count what was built
         check_tasks(len(graph.operators), workload.micro_batches, len(workload.kinds), file=str(path), field="model")

@@ -19,8 +19,12 @@ it ends:
 - ``{"overlap": [F, B, ...]}``: the first task runs overlapped with the rest (DualPipe's
   F&B chunk), taking ``max(F, rest) + (1 - fb_overlap) * min(F, rest)``.
 
-Groups take an optional ``start`` too. Transfers between devices are implied by the
-graph's edges.
+Groups take an optional ``start`` too, and ``"send": "after-next"``: the slot's outputs
+are sent only when the *next* slot on the device ends (DualPipe's reference code posts
+some sends after the following computation), and ``"prefetch": [TASK, ...]``: the slot
+also waits for those later tasks' inputs from other devices (a receive posted early and
+waited for at this slot, as DualPipe's ``batch_isend_irecv`` commits do). Transfers
+between devices are implied by the graph's edges.
 
 Collectives are defined once, by name, in a top-level ``collectives`` section (like an
 NCCL call on a communicator), and every member of the group lists
@@ -103,12 +107,16 @@ class Entry:
     tasks: tuple[Task, ...]
     start: float | None = None
     overlap: bool = False
+    #: Outputs are sent when the next slot on this device ends, not when this one does.
+    send_after_next: bool = False
+    #: Later tasks whose inputs from other devices this slot also waits for.
+    prefetch: tuple[Task, ...] = ()
     collective: CollectiveCall | None = None
 
     def __post_init__(self) -> None:
         if self.collective is not None:
-            if self.tasks or self.overlap or self.start is not None:
-                raise ValueError("a collective entry takes no tasks, overlap or start")
+            if self.tasks or self.overlap or self.start is not None or self.send_after_next or self.prefetch:
+                raise ValueError("a collective entry takes no tasks, overlap, start, send or prefetch")
             return
         if not self.tasks:
             raise ValueError("an entry needs at least one task")
@@ -207,10 +215,27 @@ def _parse_entry(value: Any, file: str | None, where: str, calls: Mapping[str, C
             if not isinstance(group, list) or len(group) < 2:
                 raise InputError(f"{key} takes a list of at least two tasks", file=file, field=f"{where}.{key}")
             tasks = tuple(_parse_task(v, file, f"{where}.{key}[{i}]") for i, v in enumerate(group))
-            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap")
+            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap", **_parse_comm(value, file, where))
     if isinstance(value, dict) and "task" in value:
-        return Entry((_parse_task(value["task"], file, f"{where}.task"),), _parse_start(value, file, where))
+        task = _parse_task(value["task"], file, f"{where}.task")
+        return Entry((task,), _parse_start(value, file, where), **_parse_comm(value, file, where))
     return Entry((_parse_task(value, file, where),))
+
+
+def _parse_comm(value: dict, file: str | None, where: str) -> dict[str, Any]:
+    """``send`` and ``prefetch`` of an entry object."""
+    prefetch = value.get("prefetch", [])
+    if not isinstance(prefetch, list):
+        raise InputError("prefetch takes a list of tasks", file=file, field=f"{where}.prefetch")
+    tasks = tuple(_parse_task(v, file, f"{where}.prefetch[{i}]") for i, v in enumerate(prefetch))
+    return {"send_after_next": _parse_send(value, file, where), "prefetch": tasks}
+
+
+def _parse_send(value: dict, file: str | None, where: str) -> bool:
+    send = value.get("send", "at-end")
+    if send not in ("at-end", "after-next"):
+        raise InputError(f"send must be 'at-end' or 'after-next', got {send!r}", file=file, field=f"{where}.send")
+    return send == "after-next"
 
 
 def _parse_start(value: dict, file: str | None, where: str) -> float | None:
@@ -331,12 +356,16 @@ def _entry_to_json(entry: Entry) -> Any:
         return {"collective": entry.collective.name}
     if len(entry.tasks) > 1:
         out: dict[str, Any] = {"overlap" if entry.overlap else "fused": [str(t) for t in entry.tasks]}
-    elif entry.start is None:
+    elif entry.start is None and not entry.send_after_next and not entry.prefetch:
         return str(entry.first)
     else:
         out = {"task": str(entry.first)}
     if entry.start is not None:
         out["start"] = entry.start
+    if entry.send_after_next:
+        out["send"] = "after-next"
+    if entry.prefetch:
+        out["prefetch"] = [str(t) for t in entry.prefetch]
     return out
 
 

@@ -13,7 +13,7 @@ from simulator.collectives import Collective, collective_time
 from simulator.engine import replay, simulate
 from simulator.errors import InputError, ScheduleRejected
 from simulator.problem import Task
-from simulator.schedule import CollectiveCall, Schedule, load_schedule, save_schedule, schedule_from_dict
+from simulator.schedule import CollectiveCall, Entry, Schedule, load_schedule, save_schedule, schedule_from_dict
 from simulator.validation import static_violations
 
 #: Two data-parallel replicas ``s0`` / ``s1`` of one operator (1 ms per pass), one per GPU.
@@ -302,3 +302,16 @@ def test_the_bundled_tp2_dp2_scenario_hides_one_bucket_behind_the_backward():
     assert timeline.makespan == pytest.approx(6 * ms + 2 * tp + dp, rel=1e-12)
     hidden = {d.device: d.comm_hidden for d in build_report(timeline).devices}
     assert hidden == pytest.approx(dict.fromkeys(["gpu0", "gpu1", "gpu2", "gpu3"], 1 * ms), rel=1e-9)  # B of layer 0
+
+
+def test_a_collective_is_the_next_slot_for_a_send_held_after_next(make_problem, op):
+    """gpu0 holds F:s0's send until its next slot ends: here a barrier at t = 1, not s2 at t = 2."""
+    problem = make_problem([op("s0"), op("s1"), op("s2")], [("s0", "s1", 1e9)], devices=2, bandwidth=1e9, mode="inference")
+    barrier = CollectiveCall("barrier", Collective("all_reduce", ("gpu0", "gpu1"), 0.0), stream="compute")
+    schedule = Schedule.from_lists({
+        "gpu0": [Entry((Task("s0", 0, "F"),), send_after_next=True), barrier, Task("s2", 0, "F")],
+        "gpu1": [barrier, Task("s1", 0, "F")],
+    })
+    starts = {(e.device, str(e.entry)): e.start for e in simulate(problem, schedule).executed}
+    assert starts[("gpu0", "all_reduce:barrier")] == 1
+    assert starts[("gpu1", "F:s1:0")] == 2  # sent at 1, 1 GB at 1 GB/s

@@ -128,7 +128,7 @@ def comparison_rows(scenario: Scenario, extra: Mapping[str, Schedule] | None = N
     >>> from planner.schedules.examples import example_scenario
     >>> rows = comparison_rows(example_scenario(stages=4, micro_batches=8))
     >>> [(r.name, r.ranks, round(r.makespan * 1e3, 6)) for r in rows if r.makespan_vs_best < 1.1]
-    [('zb-h1', 4, 27.0), ('zb-h2', 4, 27.0), ('dualpipe', 4, 26.0)]
+    [('zb-h1', 4, 27.0), ('zb-h2', 4, 27.0), ('dualpipe', 4, 26.0), ('dualpipe-per-pass', 4, 26.0)]
     """
     rows = [measure(scenario, generate(name, scenario, **options), name)
             for name, reason in available(scenario, **options).items() if reason is None]
