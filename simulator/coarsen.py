@@ -170,6 +170,12 @@ def _merge(name: str, ops: Sequence[Operator]) -> Operator:
         if times:
             measured[device_type] = times
     all_comm = all(op.stream == "comm" for op in ops)
+    work: dict[str, dict[str, float]] = {}
+    for op in ops if any(op.work for op in ops) else ():
+        # A member without work stands for its FLOPs at the GEMM rate, as it would alone.
+        for kind, classes in (op.work or {k: {"gemm": v} for k, v in op.flops.items()}).items():
+            for cls, amount in classes.items():
+                work.setdefault(kind, {})[cls] = work.get(kind, {}).get(cls, 0.0) + amount
     return Operator(
         name=name,
         flops=flops,
@@ -182,6 +188,7 @@ def _merge(name: str, ops: Sequence[Operator]) -> Operator:
         stream="comm" if all_comm else "compute",
         comm_bytes=sum(op.comm_bytes for op in ops),
         group=name,
+        work=work,
     )
 
 

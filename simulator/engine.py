@@ -290,14 +290,22 @@ class _Replay:
         self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive)
         self.watched, self.gates = self.coll.watch, self.coll.gates
 
-    def _collective(self, state: _StreamState, entry: Entry):
-        """This device's part in a collective: arrive, wait for it to end, record it."""
+    def _collective(self, state: _StreamState, entry: Entry, held: list):
+        """This device's part in a collective: arrive, wait for it to end, record it; then
+        the sends an earlier slot ``held`` for the end of its next slot leave."""
         call = entry.collective
         run = self.coll.member_arrives(call.name, state.device)  # type: ignore[union-attr]
         state.waiting_on = collective_key(call.name)
         yield run.done
         state.waiting_on = None
         self.executed.append(Executed(state.device, state.stream, entry, run.start, run.end))
+        self._send(entry, held, state.device)
+
+    def _tasks_done(self, tasks: tuple[Task, ...]) -> None:
+        """Wake the collectives that wait for any of ``tasks`` (their ``after``)."""
+        for task in tasks:
+            if task in self.watched:
+                self.coll.task_done(task)  # type: ignore[union-attr]
 
     def _gated(self, entry: Entry, inputs) -> list:
         """``inputs`` plus the collectives that ``entry``'s tasks are declared ``before``."""
@@ -339,15 +347,18 @@ class _Replay:
             self.paths[key] = (route, resources) if route.links else None
         return self.paths[key]
 
-    def _deliver(self, task: tuple, device: str) -> None:
+    def _deliver(self, task: tuple, device: str, where: str = "all") -> None:
         """Send ``task``'s outputs to every consumer: at once on the same device (or over
-        an ideal interconnect), otherwise as a transfer over the route."""
+        an ideal interconnect), otherwise as a transfer over the route. ``where``:
+        ``local`` / ``remote`` hands over only to consumers on / off ``device``."""
         op, mb, kind = task
         placement, paths = self.placement, self.paths
         arrival, waiting, now = self.arrival, self.waiting, self.env.now
         for cons_op, cons_kind, size in self.cons[op, kind]:
             key = (op, kind, mb, cons_op, cons_kind)
             target = placement[cons_op, mb, cons_kind]
+            if where != "all" and (target == device) != (where == "local"):
+                continue
             if target != device:
                 path = paths[device, target] if (device, target) in paths else self._path(device, target)
                 if path is not None:
@@ -357,6 +368,23 @@ class _Replay:
             event = waiting.pop(key, None)
             if event is not None:
                 event.succeed()
+
+    def _send(self, entry: Entry, held: list, device: str) -> None:
+        """Deliver a finished slot's outputs, and those an earlier ``send_after_next`` slot held.
+
+        A ``send_after_next`` slot hands its activations to its own device at once and
+        keeps its sends for the end of the next slot (DualPipe's reference send points).
+        """
+        for task in held:  # an earlier slot's sends leave now, whatever this slot does
+            self._deliver(task, device, "remote")
+        held.clear()
+        if entry.send_after_next:
+            for task in entry.tasks:
+                self._deliver(task, device, "local")
+            held.extend(entry.tasks)
+            return
+        for task in entry.tasks:
+            self._deliver(task, device)
 
     # -- streams ---------------------------------------------------------------------------
     def _inputs(self, entry: Entry) -> list[_Key]:
@@ -372,6 +400,15 @@ class _Replay:
             for op, mb, kind in entry.tasks
             for p, k in preds[op, kind]
             if (p, mb, k) not in inside
+        ]
+
+    def _prefetched(self, entry: Entry, device: str) -> list[_Key]:
+        """Inputs from other devices of ``entry``'s prefetched tasks (receives posted early)."""
+        return [
+            (p, k, mb, op, kind)
+            for op, mb, kind in entry.prefetch
+            for p, k in self.preds[op, kind]
+            if self.placement.get((p, mb, k), device) != device
         ]
 
     def _costs(self, device: str) -> dict[tuple[str, str], tuple[float, float, float]]:
@@ -392,12 +429,13 @@ class _Replay:
         arrival, waiting = self.arrival, self.waiting
         executed = self.executed
         allocate, free, deliver = self._allocate, self._free, self._deliver
+        held: list = []  # outputs of a slot that sends only after the next one
         gates, watched = self.gates, self.watched
         for index, entry in enumerate(state.entries):
             state.position = index
             tasks = entry.tasks
             if entry.collective is not None:
-                yield from self._collective(state, entry)
+                yield from self._collective(state, entry, held)
                 continue
             if len(tasks) == 1:
                 op, mb, kind = tasks[0]
@@ -405,6 +443,8 @@ class _Replay:
                 inputs = [(p, k, mb, op, kind) for p, k in template] if template else ()
             else:
                 inputs = self._inputs(entry)
+            if entry.prefetch:
+                inputs = [*inputs, *self._prefetched(entry, device)]
             if gates:
                 inputs = self._gated(entry, inputs)
             for key in inputs:
@@ -432,10 +472,11 @@ class _Replay:
             if freed > 0:
                 free(device, freed)
             executed.append(Executed(device, stream, entry, start, env.now))
-            for task in tasks:
-                deliver(task, device)
-                if watched and task in watched:
-                    self.coll.task_done(task)  # type: ignore[union-attr]
+            self._send(entry, held, device)
+            if watched:
+                self._tasks_done(tasks)
+        for task in held:
+            deliver(task, device, "remote")
         state.position = len(state.entries)
         state.done = True
 

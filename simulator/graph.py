@@ -62,9 +62,17 @@ class Operator:
     comm_bytes: float = 0.0
     #: Label used for coarsening (layer, expert, tower); empty means "own group".
     group: str = ""
+    #: Work per kind by rate class (``gemm`` FLOPs, ``hbm`` bytes, ``attention.<kernel>``
+    #: FLOPs; see :mod:`simulator.costs`). When given, a device prices it with its own rates
+    #: (:meth:`simulator.cluster.Device.work_time`) instead of ``flops`` / achieved FLOP/s.
+    work: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "flops", _frozen_map(self.flops))
+        object.__setattr__(self, "work", MappingProxyType({k: _frozen_map(v) for k, v in self.work.items()}))
+        for kind, classes in self.work.items():
+            if kind not in KINDS or any(v < 0 for v in classes.values()):
+                raise InputError(f"work must map F/B/W to non-negative amounts, got {kind!r}", field=f"operators.{self.name}.work")
         object.__setattr__(
             self, "measured", MappingProxyType({k: _frozen_map(v) for k, v in self.measured.items()})
         )

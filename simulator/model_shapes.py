@@ -29,10 +29,11 @@ def _scores(settings: Settings, heads: int, kv_tokens: int) -> float:
     return 0.0 if settings.flash_attention else heads * settings.seq_len * kv_tokens * settings.elem
 
 
-def dense_layer(name: str, s: Settings, hidden: int, heads: int, kv_heads: int, ffn: int, kind: str = "swiglu") -> LayerMemory:
-    """Pre-norm attention + MLP on one sample of ``s.seq_len`` tokens."""
+def dense_layer(name: str, s: Settings, hidden: int, heads: int, kv_heads: int, ffn: int, kind: str = "swiglu",
+                *, causal: bool = True, rope: bool = True) -> LayerMemory:
+    """Pre-norm attention + MLP on one sample of ``s.seq_len`` tokens (as the graph's builder costs them)."""
     t, e = s.seq_len, s.elem
-    cost = attention_cost(s, hidden, heads, kv_heads) + mlp_cost(t, hidden, ffn, e, kind=kind)
+    cost = attention_cost(s, hidden, heads, kv_heads, causal=causal, rope=rope) + mlp_cost(t, hidden, ffn, e, kind=kind, norm_style=s.norm)
     return block(name, cost, outside=4 * t * hidden * e, input_bytes=t * hidden * e, replicated=2 * hidden,
                  score=_scores(s, heads, t))
 
@@ -42,7 +43,8 @@ def _pre_post(s: Settings, hidden: int, vocab: int) -> tuple[LayerMemory, LayerM
     t, e = s.seq_len, s.elem
     ids = embedding(t, vocab, hidden)
     pre = block("embed", ids, outside=ids.saved, input_bytes=ids.saved, replicated=0)
-    post = block("head", head_cost(t, hidden, vocab, e), outside=2 * t * hidden * e, input_bytes=t * hidden * e, replicated=hidden)
+    head = head_cost(t, hidden, vocab, e, norm_style=s.norm)
+    post = block("head", head, outside=2 * t * hidden * e, input_bytes=t * hidden * e, replicated=hidden)
     return pre, post
 
 
@@ -81,7 +83,7 @@ def moe_layer(name: str, c: moe.MoEConfig, s: Settings) -> LayerMemory:
     """
     t, e, h = s.seq_len, s.elem, c.hidden
     attention, replicated = _moe_attention(c, s)
-    router = moe.router_cost(t, h, c.experts, c.top_k, e)
+    router = moe.router_cost(t, h, c.experts, c.top_k, e, norm_style=s.norm)
     shared = mlp_cost(t, h, c.shared_experts * c.expert_ffn, e, with_norm=False) if c.shared_experts else Cost()
     one = mlp_cost(t * c.top_k, h, c.expert_ffn, e, with_norm=False)
     experts = replace(one, params=c.experts * one.params)
@@ -97,7 +99,7 @@ def moe_shape(section: Section) -> ModelShape:
     for i in range(c.layers):
         if i < c.dense_layers:
             attention, replicated = _moe_attention(c, s)
-            mlp = mlp_cost(s.seq_len, c.hidden, c.ffn, s.elem)
+            mlp = mlp_cost(s.seq_len, c.hidden, c.ffn, s.elem, norm_style=s.norm)
             t_h_e = s.seq_len * c.hidden * s.elem
             layers.append(block(f"L{i}", attention + mlp, outside=4 * t_h_e, input_bytes=t_h_e, replicated=replicated + c.hidden,
                                 score=_scores(s, c.heads, s.seq_len)))
@@ -120,8 +122,8 @@ def moe_shape(section: Section) -> ModelShape:
 def _fusion_layer(name: str, s: Settings, x: multimodal.TextConfig, image_tokens: int) -> LayerMemory:
     """Self-attention + cross-attention to the image tokens + MLP (GELU)."""
     t, e, h = s.seq_len, s.elem, x.hidden
-    cost = attention_cost(s, h, x.heads, x.heads) + multimodal.cross_attention_cost(s, h, x.heads, image_tokens)
-    cost = cost + mlp_cost(t, h, x.ffn, e, kind="gelu")
+    cost = attention_cost(s, h, x.heads, x.heads, rope=False) + multimodal.cross_attention_cost(s, h, x.heads, image_tokens)
+    cost = cost + mlp_cost(t, h, x.ffn, e, kind="gelu", norm_style=s.norm)
     outside = 6 * t * h * e + image_tokens * h * e  # three norm inputs, three first-linear inputs, the image keys/values' input
     return block(name, cost, outside=outside, input_bytes=t * h * e + image_tokens * h * e, replicated=3 * h,
                  score=_scores(s, x.heads, t) + _scores(s, x.heads, image_tokens))
@@ -142,8 +144,8 @@ def two_tower_shape(section: Section) -> ModelShape:
     s = _one_sample(c.settings)
     v, x = c.vision, c.text
     vs = _one_sample(c.settings, v.tokens)
-    vision = dense_layer("vision", vs, v.hidden, v.heads, v.heads, v.ffn, kind="gelu")
-    text = dense_layer("text", s, x.hidden, x.heads, x.heads, x.ffn, kind="gelu")
+    vision = dense_layer("vision", vs, v.hidden, v.heads, v.heads, v.ffn, kind="gelu", causal=False, rope=False)
+    text = dense_layer("text", s, x.hidden, x.heads, x.heads, x.ffn, kind="gelu", rope=False)
     fusion = _fusion_layer("fusion", s, x, v.tokens)
     layers = [replace(vision, name=f"vision.L{i}") for i in range(v.layers)]
     layers += [replace(text, name=f"text.L{i}") for i in range(x.layers)]

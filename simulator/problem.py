@@ -163,6 +163,8 @@ class Problem:
                 value = measured
             elif op.stream == "comm" and op.comm_bytes:
                 value = self.cluster.collective_time(device_name, op.comm_bytes) if kind != "W" else 0.0
+            elif op.work:
+                value = device.work_time(op.work.get(kind, {}))
             else:
                 value = op.flops.get(kind, 0.0) / device.effective_flops
             cache[key] = value

@@ -19,8 +19,12 @@ it ends:
 - ``{"overlap": [F, B, ...]}``: the first task runs overlapped with the rest (DualPipe's
   F&B chunk), taking ``max(F, rest) + (1 - fb_overlap) * min(F, rest)``.
 
-Groups take an optional ``start`` too. Transfers between devices are implied by the
-graph's edges.
+Groups take an optional ``start`` too, and ``"send": "after-next"``: the slot's outputs
+are sent only when the *next* slot on the device ends (DualPipe's reference code posts
+some sends after the following computation), and ``"prefetch": [TASK, ...]``: the slot
+also waits for those later tasks' inputs from other devices (a receive posted early and
+waited for at this slot, as DualPipe's ``batch_isend_irecv`` commits do). Transfers
+between devices are implied by the graph's edges.
 
 Collectives are defined once, by name, in a top-level ``collectives`` section (like an
 NCCL call on a communicator), and every member of the group lists
@@ -55,7 +59,7 @@ from simulator.collectives import Collective, canonical_op
 from simulator.errors import InputError
 from simulator.graph import STREAMS
 from simulator.problem import Task, parse_task
-from simulator.yamlio import load_document
+from simulator.yamlio import load_document, show
 
 __all__ = [
     "CollectiveCall", "Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_text",
@@ -63,6 +67,8 @@ __all__ = [
 ]
 
 FORMAT = "opplan-schedule/1"
+#: Latest not-before start time (seconds): a day, the longest time any quantity may take (see simulator.units).
+MAX_START_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -101,12 +107,16 @@ class Entry:
     tasks: tuple[Task, ...]
     start: float | None = None
     overlap: bool = False
+    #: Outputs are sent when the next slot on this device ends, not when this one does.
+    send_after_next: bool = False
+    #: Later tasks whose inputs from other devices this slot also waits for.
+    prefetch: tuple[Task, ...] = ()
     collective: CollectiveCall | None = None
 
     def __post_init__(self) -> None:
         if self.collective is not None:
-            if self.tasks or self.overlap or self.start is not None:
-                raise ValueError("a collective entry takes no tasks, overlap or start")
+            if self.tasks or self.overlap or self.start is not None or self.send_after_next or self.prefetch:
+                raise ValueError("a collective entry takes no tasks, overlap, start, send or prefetch")
             return
         if not self.tasks:
             raise ValueError("an entry needs at least one task")
@@ -191,9 +201,9 @@ def _parse_task(value: Any, file: str | None, where: str) -> Task:
     if isinstance(value, dict) and {"op", "mb", "kind"} <= set(value):
         mb = value["mb"]
         if isinstance(mb, bool) or not isinstance(mb, int):
-            raise InputError(f"micro-batch must be an integer, got {mb!r}", file=file, field=f"{where}.mb")
+            raise InputError(f"micro-batch must be an integer, got {show(mb)}", file=file, field=f"{where}.mb")
         return Task(str(value["op"]), mb, str(value["kind"]))
-    raise InputError(f"expected a task 'KIND:op:mb' or {{op, mb, kind}}, got {value!r}", file=file, field=where)
+    raise InputError(f"expected a task 'KIND:op:mb' or {{op, mb, kind}}, got {show(value)}", file=file, field=where)
 
 
 def _parse_entry(value: Any, file: str | None, where: str, calls: Mapping[str, CollectiveCall] | None = None) -> Entry:
@@ -205,18 +215,37 @@ def _parse_entry(value: Any, file: str | None, where: str, calls: Mapping[str, C
             if not isinstance(group, list) or len(group) < 2:
                 raise InputError(f"{key} takes a list of at least two tasks", file=file, field=f"{where}.{key}")
             tasks = tuple(_parse_task(v, file, f"{where}.{key}[{i}]") for i, v in enumerate(group))
-            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap")
+            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap", **_parse_comm(value, file, where))
     if isinstance(value, dict) and "task" in value:
-        return Entry((_parse_task(value["task"], file, f"{where}.task"),), _parse_start(value, file, where))
+        task = _parse_task(value["task"], file, f"{where}.task")
+        return Entry((task,), _parse_start(value, file, where), **_parse_comm(value, file, where))
     return Entry((_parse_task(value, file, where),))
+
+
+def _parse_comm(value: dict, file: str | None, where: str) -> dict[str, Any]:
+    """``send`` and ``prefetch`` of an entry object."""
+    prefetch = value.get("prefetch", [])
+    if not isinstance(prefetch, list):
+        raise InputError("prefetch takes a list of tasks", file=file, field=f"{where}.prefetch")
+    tasks = tuple(_parse_task(v, file, f"{where}.prefetch[{i}]") for i, v in enumerate(prefetch))
+    return {"send_after_next": _parse_send(value, file, where), "prefetch": tasks}
+
+
+def _parse_send(value: dict, file: str | None, where: str) -> bool:
+    send = value.get("send", "at-end")
+    if send not in ("at-end", "after-next"):
+        raise InputError(f"send must be 'at-end' or 'after-next', got {send!r}", file=file, field=f"{where}.send")
+    return send == "after-next"
 
 
 def _parse_start(value: dict, file: str | None, where: str) -> float | None:
     start = value.get("start")
     if start is None:
         return None
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or start < 0:
-        raise InputError(f"start must be a non-negative number of seconds, got {start!r}", file=file, field=f"{where}.start")
+    ok = not isinstance(start, bool) and isinstance(start, (int, float)) and 0 <= start <= MAX_START_S  # False for NaN
+    if not ok:
+        raise InputError(f"start must be a number of seconds in [0, {MAX_START_S:g}], got {show(start)}", file=file,
+                         field=f"{where}.start")
     return float(start)
 
 
@@ -310,7 +339,12 @@ def schedule_from_dict(doc: Any, *, file: str | None = None) -> Schedule:
     meta = doc.get("meta", {})
     if not isinstance(meta, dict):
         raise InputError("expected a mapping", file=file, field="meta")
-    return Schedule(devices=parsed, name=str(doc.get("name", "")), meta=meta)
+    schedule = Schedule(devices=parsed, name=str(doc.get("name", "")), meta=meta)
+    unused = [name for name in calls if name not in schedule.collectives]
+    if unused:
+        raise InputError(f"collective {unused[0]!r} is defined but no device lists it (add {{collective: {unused[0]}}}"
+                         " where each member runs it)", file=file, field=f"collectives.{unused[0]}")
+    return schedule
 
 
 def load_schedule(path: str | Path) -> Schedule:
@@ -322,12 +356,16 @@ def _entry_to_json(entry: Entry) -> Any:
         return {"collective": entry.collective.name}
     if len(entry.tasks) > 1:
         out: dict[str, Any] = {"overlap" if entry.overlap else "fused": [str(t) for t in entry.tasks]}
-    elif entry.start is None:
+    elif entry.start is None and not entry.send_after_next and not entry.prefetch:
         return str(entry.first)
     else:
         out = {"task": str(entry.first)}
     if entry.start is not None:
         out["start"] = entry.start
+    if entry.send_after_next:
+        out["send"] = "after-next"
+    if entry.prefetch:
+        out["prefetch"] = [str(t) for t in entry.prefetch]
     return out
 
 

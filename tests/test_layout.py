@@ -161,7 +161,7 @@ def test_layout_over_capacity_names_rank_amount_and_biggest_component(tmp_path, 
     with pytest.raises(InputError) as caught:
         load_scenario(path)
     assert caught.value.field == "parallel"
-    assert caught.value.message.startswith("rank 0 (pipeline stage 0) needs 125.7 GB > 80.0 GB; biggest: optimizer 80.9 GB")
+    assert caught.value.message.startswith("rank 0 (pipeline stage 0) needs 130.7 GB > 80.0 GB; biggest: optimizer 80.9 GB")
     assert main(["describe", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"opplan: error: {path}: parallel: rank 0")
@@ -190,4 +190,4 @@ def test_describe_prints_the_per_rank_memory(capsys):
     assert main(["describe", str(SCENARIOS / "llama70b-32xh100.yaml")]) == 0
     out = capsys.readouterr().out
     assert "per-rank memory (training): dp 1 x tp 8 + SP x pp 4" in out
-    assert "largest: rank 0, 47.2 GB of 80 GB, biggest component optimizer 26.1 GB" in out
+    assert "largest: rank 0, 49.1 GB of 80 GB, biggest component optimizer 26.1 GB" in out

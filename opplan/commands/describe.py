@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from opplan.commands.common import scenario_argument
+from opplan.commands.common import limit_options, scenario_argument
 from opplan.commands.memory_table import memory_table
 from simulator.graph import KINDS, OperatorGraph
 from simulator.paths import CriticalPath, critical_path, operator_kind
@@ -143,6 +143,7 @@ def _path_text(path: CriticalPath) -> str:
 
 @click.command()
 @scenario_argument
+@limit_options
 def describe(scenario: Path) -> None:
     """Summarise a scenario's model: operators, parameters, FLOPs, memory, critical path, groups."""
     loaded = load_scenario(scenario)

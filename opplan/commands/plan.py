@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from opplan.commands.common import scenario_argument, write_reports
-from opplan.output import write_output
+from opplan.commands.common import FiniteFloat, limit_options, scenario_argument, write_reports, wrote
+from opplan.output import check_outputs, write_output
 from opplan.planning import print_plan, progress_printer
 from planner.mip import FORMULATIONS
 from simulator.errors import InputError
@@ -29,8 +29,8 @@ __all__ = ["plan_command", "progress_printer", "print_plan"]
 @click.command("plan")
 @scenario_argument
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=None, help="what to minimise (default: the scenario's)")
-@click.option("--time-limit", type=click.FloatRange(min=1.0), default=None, help="seconds for the whole plan")
-@click.option("--memory-limit", "memory_limit_gb", type=click.FloatRange(min=0.0, min_open=True), default=None,
+@click.option("--time-limit", type=FiniteFloat(min=1.0), default=None, help="seconds for the whole plan")
+@click.option("--memory-limit", "memory_limit_gb", type=FiniteFloat(min=0.0, min_open=True, max=1e6), default=None,
               help="per-device memory limit in GB (decimal, as datasheets)")
 @click.option("--memory-like", "like_schedule", default=None, metavar="SCHEDULE",
               help="limit memory to the peak of this built-in schedule (e.g. dualpipe)")
@@ -38,6 +38,7 @@ __all__ = ["plan_command", "progress_printer", "print_plan"]
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the schedule")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON")
+@limit_options
 def plan_command(
     scenario: Path,
     objective: str | None,
@@ -53,9 +54,11 @@ def plan_command(
     from planner.bilevel import plan
     from planner.memory import memory_like
 
-    loaded = load_scenario(scenario)
+    outputs = {"--output": output, "--json": json_path, "--trace": trace_path}
+    check_outputs(outputs, inputs=[scenario])
     if memory_limit_gb is not None and like_schedule is not None:
         raise InputError("give --memory-limit or --memory-like, not both", field="--memory-like")
+    loaded = load_scenario(scenario)
     limit = memory_limit_gb * 1e9 if memory_limit_gb is not None else None
     console = Console(width=max(Console().width, 132))
     if like_schedule is not None:
@@ -73,6 +76,6 @@ def plan_command(
     print_plan(result, console)
     print_report(build_report(result.timeline), console, title=f"{loaded.name}: planned schedule")
     if output is not None:
-        write_output(output, json.dumps(schedule_to_dict(result.schedule), indent=1) + "\n", inputs=[scenario], option="--output")
-        console.print(f"wrote {output}")
+        wrote(write_output(output, json.dumps(schedule_to_dict(result.schedule), indent=1) + "\n", inputs=[scenario],
+                           option="--output"))
     write_reports(result.timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario])

@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from opplan.commands.common import scenario_argument
-from opplan.output import write_output
+from opplan.commands.common import FiniteFloat, limit_options, scenario_argument, wrote
+from opplan.output import check_outputs, write_output
 from opplan.planning import planned_schedule
 from planner.layouts.compare import layout_rows, render_layout_rows, rows_to_dicts
 from planner.memory import memory_like
@@ -41,12 +41,14 @@ _ranks = click.option("--ranks", type=click.IntRange(min=1), default=None,
               help="where to write the schedule (.json, else YAML)")
 @_chunks
 @_ranks
+@limit_options
 def schedule_command(name: str, scenario: Path, output: Path, chunks: int | None, ranks: int | None) -> None:
     """Write the built-in schedule NAME (gpipe, 1f1b, interleaved-1f1b, zb-h1, zb-h2, dualpipe, dualpipev)."""
+    check_outputs({"--output": output}, inputs=[scenario])
     loaded = load_scenario(scenario)
     schedule = generate(name, loaded, chunks=chunks, ranks=ranks)
     write_output(output, schedule_text(schedule, output), inputs=[scenario], option="--output")
-    click.echo(f"{output}: {schedule.name}, {len(schedule)} tasks on {len(schedule.devices)} devices")
+    wrote(output, f"{schedule.name}, {len(schedule)} tasks on {len(schedule.devices)} devices")
 
 
 def _parse_with(values: tuple[str, ...]) -> dict[str, Path]:
@@ -68,17 +70,27 @@ def _parse_with(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--plan", "with_plan", is_flag=True, help="also run the bi-level MIP planner and add its schedule as a row")
 @click.option("--plan-memory-like", default=None, metavar="SCHEDULE",
               help="with --plan: hold the planner to this built-in schedule's peak memory (e.g. dualpipe)")
-@click.option("--time-limit", type=click.FloatRange(min=1.0), default=None, help="with --plan: seconds for the planner")
+@click.option("--time-limit", type=FiniteFloat(min=1.0), default=None, help="with --plan: seconds for the planner")
 @_chunks
 @_ranks
+@limit_options
 def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | None, with_plan: bool,
                     plan_memory_like: str | None, time_limit: float | None, chunks: int | None, ranks: int | None) -> None:
-    """Replay every built-in schedule that applies to SCENARIO (and the --with files); print one table."""
+    """Replay every built-in schedule that applies to SCENARIO (and the --with files); print one table.
+
+    A schedule whose replay has violations is marked invalid and is never the "x best" reference.
+    For transformer, moe and two_tower models (without --with / --plan) each row is a layout
+    (the scenario's, the presets, the built-in schedules on cost-balanced stages) replayed
+    for one training step."""
+    for given, flag in ((plan_memory_like, "--plan-memory-like"), (time_limit, "--time-limit")):
+        if given is not None and not with_plan:
+            raise InputError(f"{flag} only applies with --plan (it would do nothing here)", field=flag)
+    files = _parse_with(extra)
+    check_outputs({"--json": json_path}, inputs=[scenario, *files.values()])
     loaded = load_scenario(scenario)
     if str(loaded.model_config.get("type", "")) in SHAPES and not (extra or with_plan):
         _compare_layouts(loaded, scenario, json_path)
         return
-    files = _parse_with(extra)
     schedules = {label: load_schedule(path) for label, path in files.items()}
     for label, path in files.items():
         violations = static_violations(loaded.problem, schedules[label])
@@ -98,7 +110,7 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
                                                f" {len(p.cluster.devices)} devices")
     if json_path is not None:
         text = json.dumps([row.to_dict() for row in rows], indent=1) + "\n"
-        write_output(json_path, text, inputs=[scenario, *files.values()], option="--json")
+        wrote(write_output(json_path, text, inputs=[scenario, *files.values()], option="--json"))
 
 
 def _compare_layouts(loaded, scenario: Path, json_path: Path | None) -> None:
@@ -109,4 +121,4 @@ def _compare_layouts(loaded, scenario: Path, json_path: Path | None) -> None:
     render_layout_rows(rows, unavailable, title=f"{loaded.name}: one training step per layout, {len(p.cluster.devices)} devices")
     if json_path is not None:
         text = json.dumps(rows_to_dicts(rows), indent=1) + "\n"
-        write_output(json_path, text, inputs=[scenario], option="--json")
+        wrote(write_output(json_path, text, inputs=[scenario], option="--json"))

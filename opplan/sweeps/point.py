@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,13 @@ from planner import schedules
 from planner.schedules import NotApplicable
 from simulator.engine import replay
 from simulator.errors import InputError, OpplanError, ScheduleRejected
+from simulator.limits import Limits, current_limits, using_limits
 from simulator.metrics import Report, build_report
 from simulator.scenario import Scenario, scenario_from_dict
 from simulator.schedule import Schedule, load_schedule
 
-__all__ = ["METRICS", "NotApplicable", "PointJob", "builtin_schedule", "job_for", "metrics_of", "resolve_schedule", "run_point"]
+__all__ = ["METRICS", "SERVING_METRICS", "serving_metrics", "NotApplicable", "PointJob", "builtin_schedule", "job_for", "metrics_of",
+           "resolve_schedule", "run_point"]
 
 #: Metric columns of a row, in table order (units in the names).
 METRICS = (
@@ -51,6 +53,9 @@ METRICS = (
     "tasks",
     "violations",
 )
+#: Metric columns of a serving point (``workload.requests``): latency percentiles, throughput, KV cache.
+SERVING_METRICS = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "output_tokens_per_s",
+                   "total_tokens_per_s", "completed", "rejected", "queued_for_memory", "kv_peak", "kv_mean")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class PointJob:
     base_file: str
     folder: str
     planner_time_limit_s: float | None = None
+    #: The driver's limits: a Dask worker is another process and would otherwise use the defaults.
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def schedule(self) -> str | None:
@@ -77,6 +84,7 @@ def job_for(spec: SweepSpec, point: Point) -> PointJob:
         base_file=str(spec.base_file),
         folder=str(spec.folder),
         planner_time_limit_s=spec.planner_time_limit_s,
+        limits=current_limits(),
     )
 
 
@@ -142,23 +150,23 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def serving_metrics(scenario: Scenario) -> dict[str, float]:
+    """A serving scenario's row: its requests replayed on its ``parallel:`` tp x pp (no schedule)."""
+    from simulator.serving.run import default_layout, serving_setup, simulate_serving
+    from simulator.yamlio import Section
+
+    setup = serving_setup(Section(dict(scenario.model_config), scenario.file, "model"), scenario.problem.cluster, scenario.serving)
+    tp, pp = default_layout(scenario.parallel, scenario.problem.cluster)
+    return simulate_serving(setup, tp=tp, pp=pp).metrics()
+
+
 def run_point(job: PointJob) -> dict[str, Any]:
     """Run one point and return its row (never raises for a problem of the point itself)."""
     started = time.perf_counter()
     row: dict[str, Any] = {"key": job.key, "fields": dict(job.fields), "status": "error", "error": "", "schedule_name": ""}
     try:
-        doc = apply_overrides(dict(job.base_doc), [(path, value) for path, value in job.fields if path != "schedule"])
-        scenario = scenario_from_dict(doc, job.base_file)
-        schedule = resolve_schedule(job.schedule, scenario, folder=Path(job.folder), time_limit_s=job.planner_time_limit_s)
-        row["schedule_name"] = schedule.name
-        timeline = replay(scenario.problem, schedule)
-        row.update(metrics_of(build_report(timeline), len(schedule)))
-        if timeline.violations:
-            row["status"] = "invalid"
-            more = len(timeline.violations) - 1
-            row["error"] = timeline.violations[0].message + (f" (and {more} more)" if more else "")
-        else:
-            row["status"] = "ok"
+        with using_limits(job.limits):
+            _run(job, row)
     except NotApplicable as exc:
         row["status"] = "not-applicable"
         row["error"] = exc.message
@@ -166,3 +174,22 @@ def run_point(job: PointJob) -> dict[str, Any]:
         row["error"] = _describe(exc)
     row["elapsed_s"] = time.perf_counter() - started
     return row
+
+
+def _run(job: PointJob, row: dict[str, Any]) -> None:
+    """Overrides -> scenario -> schedule -> replay, filling ``row``; raises for a failed point."""
+    doc = apply_overrides(dict(job.base_doc), [(path, value) for path, value in job.fields if path != "schedule"])
+    scenario = scenario_from_dict(doc, job.base_file)
+    if scenario.serving is not None:
+        row.update(serving_metrics(scenario), status="ok", schedule_name="serving")
+        return
+    schedule = resolve_schedule(job.schedule, scenario, folder=Path(job.folder), time_limit_s=job.planner_time_limit_s)
+    row["schedule_name"] = schedule.name
+    timeline = replay(scenario.problem, schedule)
+    row.update(metrics_of(build_report(timeline), len(schedule)))
+    if timeline.violations:
+        row["status"] = "invalid"
+        more = len(timeline.violations) - 1
+        row["error"] = timeline.violations[0].message + (f" (and {more} more)" if more else "")
+    else:
+        row["status"] = "ok"

@@ -8,7 +8,7 @@ raised as one-line :class:`~simulator.errors.InputError` naming the field.
 >>> from planner.schedules.examples import example_scenario
 >>> scenario = example_scenario(stages=4, micro_batches=8)
 >>> sorted(name for name, why in available(scenario).items() if why is None)
-['1f1b', 'dualpipe', 'dualpipev', 'gpipe', 'interleaved-1f1b', 'zb-h1', 'zb-h2']
+['1f1b', 'dualpipe', 'dualpipe-per-pass', 'dualpipev', 'dualpipev-per-pass', 'gpipe', 'interleaved-1f1b', 'zb-h1', 'zb-h2']
 >>> len(generate("1f1b", scenario))  # 4 stages x 8 micro-batches x (F, B, W)
 96
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from planner.schedules.classic import gpipe, interleaved_1f1b, one_f_one_b
-from planner.schedules.dualpipe import dualpipe, dualpipev
+from planner.schedules.dualpipe import dualpipe, dualpipe_per_pass, dualpipev, dualpipev_per_pass
 from planner.schedules.zero_bubble import zb_h1, zb_h2
 from simulator.errors import InputError
 from simulator.scenario import Scenario
@@ -43,6 +43,8 @@ SCHEDULES: dict[str, Generator] = {
     "zb-h2": zb_h2,
     "dualpipe": dualpipe,
     "dualpipev": dualpipev,
+    "dualpipe-per-pass": dualpipe_per_pass,
+    "dualpipev-per-pass": dualpipev_per_pass,
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -154,6 +154,16 @@ class RankProgram:
             self.deferred.append(weight)
         else:
             self.entries.append(Entry((task, weight)))
+
+    def send_after_next(self) -> None:
+        """The last entry's outputs leave only when the next entry ends (a deferred send)."""
+        self.entries[-1] = replace(self.entries[-1], send_after_next=True)
+
+    def prefetch_forward(self, stream: Any, stage: str) -> None:
+        """The last entry also waits for the input of ``stream``'s next forward (a receive posted early)."""
+        if self._forward[stream]:
+            upcoming = Task(stage, self._forward[stream][0], "F")
+            self.entries[-1] = replace(self.entries[-1], prefetch=(*self.entries[-1].prefetch, upcoming))
 
     def weight(self) -> None:
         """Run the oldest deferred W."""
