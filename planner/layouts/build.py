@@ -127,7 +127,7 @@ def _pipeline(scenario: Scenario, layout: Layout) -> Schedule:
         raise InputError(f"{layout.schedule}: {exc.message}", file=scenario.file or None, field="parallel.schedule") from None
 
 
-def _operators(ctx: Context, shape: ModelShape, eff: float, tp_prices: Mapping) -> tuple[Operator, ...]:
+def _operators(ctx: Context, shape: ModelShape, tp_prices: Mapping) -> tuple[Operator, ...]:
     """One operator per unit and replayed copy; static memory = the rank's model states and
     buffers (:func:`simulator.memory_model.rank_memory`) shared evenly by the units it holds."""
     static: dict[int, float] = {}
@@ -140,7 +140,7 @@ def _operators(ctx: Context, shape: ModelShape, eff: float, tp_prices: Mapping) 
     ops = []
     for copy in ctx.copies:
         for i, unit in enumerate(ctx.units):
-            times = {k: unit.flops[k] / eff + (tp_prices.get((i, k), 0.0) if priced else 0.0) for k in ("F", "B", "W")}
+            times = {k: unit.seconds[k] + (tp_prices.get((i, k), 0.0) if priced else 0.0) for k in ("F", "B", "W")}
             ops.append(Operator(ctx.op_name(i, copy), measured={"*": times}, static_bytes=static.get(i, 0.0),
                                 activation_bytes=unit.activation_bytes, w_retained_bytes=unit.w_retained_bytes,
                                 params=unit.params, group=unit.name))
@@ -156,14 +156,14 @@ def _graph(ctx: Context, operators: tuple[Operator, ...], name: str) -> Operator
 def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> LayoutRun:
     """The problem and schedule that replay ``layout`` on ``scenario``'s model and cluster."""
     shape = shape_of(scenario)
-    units = model_units(scenario.problem.graph, shape, layout)
+    units = model_units(scenario.problem.graph, shape, layout, scenario.problem.cluster.devices[0])
     tp_mode, replicas = _modes(units, layout)
     pipeline = _pipeline(scenario, layout)
     ctx = Context(layout, units, stage_units(layout, len(shape.layers)), scenario.problem.cluster.device_names, tp_mode,
                   replicas, pipeline, scenario.problem.cluster)
     cluster = scenario.problem.cluster
     tp_prices = _tp_seconds(units, layout, scenario) if tp_mode == "priced" else {}
-    operators = _operators(ctx, shape, cluster.devices[0].effective_flops, tp_prices)
+    operators = _operators(ctx, shape, tp_prices)
     problem = Problem(_graph(ctx, operators, f"{scenario.name}-{name or 'layout'}"), cluster,
                       Workload(layout.micro_batches, fb_overlap=scenario.problem.workload.fb_overlap))
     lists, phantoms = expand_all(ctx)

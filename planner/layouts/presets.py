@@ -106,8 +106,9 @@ def checked(scenario: Scenario, shape: ModelShape, layout: Layout) -> Layout:
 def _balanced(scenario: Scenario, shape: ModelShape, stages: int) -> tuple[int, ...]:
     """Layers per stage, cut by each layer's F + B + W (embedding with the first, head with the last)."""
     mbs = shape.micro_batch_size
-    units = model_units(scenario.problem.graph, shape, Layout(global_batch_size=mbs, micro_batch_size=mbs))
-    cost = [sum(u.flops.values()) for u in units]
+    units = model_units(scenario.problem.graph, shape, Layout(global_batch_size=mbs, micro_batch_size=mbs),
+                        scenario.problem.cluster.devices[0])
+    cost = [sum(u.seconds.values()) for u in units]
     weights = cost[1:-1]
     weights[0] += cost[0]
     weights[-1] += cost[-1]
