@@ -65,8 +65,8 @@ def _scenario(profile: Path, extra: dict) -> dict:
 
 
 def main() -> int:
-    print("| layout | devices | replayed ranks | in collectives only | tasks | collectives | step s | MFU % | CPU s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| layout | devices | replayed ranks | in collectives only | tasks | collectives | step s | MFU % | peak GB | CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as folder:
         profile = _profile(Path(folder))
         for label, extra in LAYOUTS.items():
@@ -77,7 +77,7 @@ def main() -> int:
             seconds = time.process_time() - start
             print(f"| TP8 PP16 DP8 {label} | {scenario.parallel.world_size} | {len(run.simulated)} | {len(run.phantoms)} |"
                   f" {len(run.schedule):,} | {len(run.schedule.collectives):,} | {result.step:.2f} | {100 * result.mfu:.1f} |"
-                  f" {seconds:.1f} |", flush=True)
+                  f" {result.memory_peak / 1e9:.1f}{' ' + result.note if result.note else ''} | {seconds:.1f} |", flush=True)
     return 0
 
 
