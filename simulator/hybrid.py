@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from simulator.cluster import Device
@@ -102,6 +102,9 @@ class Unit:
     tp_backward: tuple[tuple[str, float], ...] = ()
     #: Expert-parallel all-to-all send buffers per pass (F: dispatch, combine; B the same).
     all_to_all: tuple[float, ...] = ()
+    #: Context-parallel KV exchange per pass: ``(op, bytes)`` for F and for B.
+    cp_forward: tuple[tuple[str, float], ...] = ()
+    cp_backward: tuple[tuple[str, float], ...] = ()
 
     @property
     def params(self) -> float:
@@ -194,8 +197,25 @@ def model_units(graph: OperatorGraph, shape: ModelShape, layout: Layout, device:
     missing = [name for name, _, _ in order if name not in grouped]
     if missing:
         raise ValueError(f"the graph has no operators for unit {missing[0]!r}")
-    return tuple(_unit_costs(name, grouped[name], memory, layout, _stream_bytes(graph, grouped[name]), index, device)
-                 for name, index, memory in order)
+    units = tuple(_unit_costs(name, grouped[name], memory, layout, _stream_bytes(graph, grouped[name]), index, device)
+                  for name, index, memory in order)
+    return tuple(_with_context_parallel(u, shape, layout) for u in units) if layout.cp > 1 else units
+
+
+def _with_context_parallel(unit: Unit, shape: ModelShape, layout: Layout) -> Unit:
+    """A layer under context parallelism exchanges its self-attention's K and V around the CP
+    ring in F (each rank ends with all ``cp`` chunks: an all-gather's ring steps, as ring
+    attention and Megatron's CP send them) and the gradients of K and V back in B (a
+    reduce-scatter). The gathered buffer is ``2 s b (kv_heads d) e / tp`` bytes; the stream
+    ``s b h e`` is the same with ``h = heads d``. Modelled blocking (Megatron overlaps the ring
+    with the attention blocks)."""
+    if unit.layer is None:
+        return unit
+    prefix = unit.name.split(".", 1)[0] if "." in unit.name else ""
+    tower = next((t for t in shape.towers if t.name == ("text" if prefix == "fusion" else prefix)), shape.towers[0])
+    full = unit.stream_bytes * layout.cp * (layout.tp if layout.sequence_parallel else 1)
+    size = 2 * full * tower.kv_heads / tower.heads / layout.tp
+    return replace(unit, cp_forward=(("all_gather", size),), cp_backward=(("reduce_scatter", size),))
 
 
 def stage_units(layout: Layout, layers: int) -> tuple[tuple[int, ...], ...]:

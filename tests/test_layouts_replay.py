@@ -16,6 +16,7 @@ from planner.layouts.build import build_layout_run
 from planner.layouts.step import simulate_layout
 from simulator.engine import replay
 from simulator.memory_model import rank_memory
+from simulator.problem import Task
 from simulator.scenario import scenario_from_dict
 
 TINY = {
@@ -159,3 +160,21 @@ def test_a_reduced_replica_joins_its_dp_collectives_from_the_other_replicas(monk
     reduced = simulate_layout(scenario, scenario.parallel)
     assert reduced.simulated == "1/2 +1 in coll." and full.simulated == "2/2"
     assert reduced.step == pytest.approx(full.step, rel=1e-9)
+
+
+def test_context_parallel_halves_the_work_and_rings_the_keys_and_values():
+    """CP 2: each rank runs half of a layer's F, then all-gathers K and V over the CP group:
+    2 (K, V) x s x h x 2 bytes gathered, on a ring of 2 one step of half of it: α + (S/2)/B."""
+    scenario = _scenario(cp=2, global_batch_size=2)
+    run = build_layout_run(scenario, scenario.parallel)
+    timeline = replay(run.problem, run.schedule)
+    assert timeline.ok
+    done = _executed(timeline, "gpu1")
+    index = next(i for i, e in enumerate(done) if e.entry.tasks and e.entry.first == Task("L1@0.0.1", 0, "F"))
+    graph_flops = sum(op.flops["F"] for op in scenario.problem.graph.operators if op.group == "layer1")
+    assert done[index].end - done[index].start == pytest.approx(graph_flops / 2 / scenario.problem.cluster.devices[0].effective_flops)
+    ring = done[index + 1]
+    size = 2 * 128 * 256 * 2
+    assert ring.entry.collective.collective.op == "all_gather" and ring.entry.collective.collective.bytes == size
+    route = scenario.problem.cluster.route("gpu1", "gpu0")
+    assert ring.end - ring.start == pytest.approx(route.latency + size / 2 / route.bandwidth, rel=1e-9)

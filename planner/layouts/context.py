@@ -71,7 +71,7 @@ class Context:
     @cached_property
     def _groups(self) -> dict[str, dict[int, tuple[int, ...]]]:
         out = {}
-        for token in ("tp", "ep", "dp-cp", "expert-dp"):
+        for token in ("tp", "cp", "ep", "dp-cp", "expert-dp"):
             out[token] = {r: g for g in self.layout.groups(token) for r in g}
         return out
 

@@ -29,6 +29,10 @@ def _unit_collectives(ctx: Context, unit: int, kind: str, mb: int, device: str) 
         calls = u.tp_forward if kind == "F" else u.tp_backward
         group = ctx.group("tp", device)
         out += [ctx.call(f"tp.{u.name}.{kind}{i}.{mb}", op, size, group, "compute") for i, (op, size) in enumerate(calls)]
+    calls = u.cp_forward if kind == "F" else u.cp_backward if kind == "B" else ()
+    if calls:
+        group = ctx.group("cp", device)
+        out += [ctx.call(f"cp.{u.name}.{kind}{i}.{mb}", op, size, group, "compute") for i, (op, size) in enumerate(calls)]
     if u.all_to_all and kind in ("F", "B"):
         group = ctx.group("ep", device)
         out += [ctx.call(f"ep.{u.name}.{kind}{i}.{mb}", "all_to_all", size, group, "compute")
