@@ -4,7 +4,6 @@ schedule as a layout, replayed for one training step and printed side by side.""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from rich.console import Console
 from rich.table import Table
@@ -15,7 +14,7 @@ from simulator.errors import InputError
 from simulator.layout import Layout
 from simulator.scenario import Scenario
 
-__all__ = ["layout_candidates", "layout_rows", "render_layout_rows"]
+__all__ = ["layout_candidates", "layout_rows", "render_layout_rows", "rows_to_dicts"]
 
 
 def layout_candidates(scenario: Scenario) -> tuple[dict[str, Layout], dict[str, str]]:
@@ -69,5 +68,6 @@ def render_layout_rows(rows: list[StepResult], unavailable: Mapping[str, str] | 
 
 
 def rows_to_dicts(rows: list[StepResult]) -> list[dict]:
+    """The rows for ``--json``, each with its step time over the best row's."""
     best = min((r.step for r in rows), default=0.0)
-    return [dict(replace(r).to_dict(), step_vs_best=r.step / best if best else 1.0) for r in rows]
+    return [{**r.to_dict(), "step_vs_best": r.step / best if best else 1.0} for r in rows]
