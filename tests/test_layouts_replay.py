@@ -178,3 +178,11 @@ def test_context_parallel_halves_the_work_and_rings_the_keys_and_values():
     assert ring.entry.collective.collective.op == "all_gather" and ring.entry.collective.collective.bytes == size
     route = scenario.problem.cluster.route("gpu1", "gpu0")
     assert ring.end - ring.start == pytest.approx(route.latency + size / 2 / route.bandwidth, rel=1e-9)
+
+
+def test_a_layout_too_large_to_replay_is_refused_in_one_line():
+    from simulator.errors import InputError
+    scenario = _scenario(dp=2, global_batch_size=4_000_000)
+    with pytest.raises(InputError, match=r"tasks to replay \(at most 2,000,000\)") as exc:
+        build_layout_run(scenario, scenario.parallel)
+    assert exc.value.field == "parallel"

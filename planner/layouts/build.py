@@ -52,6 +52,9 @@ __all__ = ["FULL_REPLAY_DEVICES", "TP_REPLAY_TRANSFERS", "LayoutRun", "build_lay
 
 FULL_REPLAY_DEVICES = 16
 TP_REPLAY_TRANSFERS = 300_000
+#: A layout whose replay would run more unit tasks than this is refused (one line) rather
+#: than left running for minutes: about 20 s of replay on one core.
+MAX_TASKS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,11 @@ def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> Layo
     shape = shape_of(scenario)
     units = model_units(scenario.problem.graph, shape, layout, scenario.problem.cluster.devices[0])
     tp_mode, replicas = _modes(units, layout)
+    copies = replicas * layout.cp * (layout.tp if tp_mode != "priced" else 1)
+    tasks = 3 * len(units) * layout.micro_batches * copies
+    if scenario.problem.workload.mode != "training" or tasks > MAX_TASKS:
+        why = "layouts replay training steps" if tasks <= MAX_TASKS else f"{tasks:,} tasks to replay (at most {MAX_TASKS:,})"
+        raise InputError(why, file=scenario.file or None, field="workload.mode" if tasks <= MAX_TASKS else "parallel")
     pipeline = _pipeline(scenario, layout)
     ctx = Context(layout, units, stage_units(layout, len(shape.layers)), scenario.problem.cluster.device_names, tp_mode,
                   replicas, pipeline, scenario.problem.cluster)
