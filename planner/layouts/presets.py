@@ -10,6 +10,7 @@ For a scenario with ``N`` devices in nodes of ``k``, global batch ``G`` (the sce
 - ``megatron``: Megatron-LM's recipe: TP inside the node (the largest degree ``<= k``
   dividing heads, KV heads and ffn) with sequence parallelism, PP across nodes when the
   layers split evenly, DP for the rest, distributed optimizer, 1F1B;
+  ``megatron-interleaved`` the same with interleaved 1F1B, 2 virtual stages per rank;
 - ``megatron-moe`` (MoE models): no TP, ``dp = N`` with expert parallelism inside the
   node (the largest degree ``<= k`` dividing the experts), distributed optimizer.
 
@@ -21,6 +22,7 @@ the first layer, the head's with the last).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from planner.layouts.build import shape_of
 from simulator.errors import InputError
@@ -66,6 +68,13 @@ def _megatron(scenario: Scenario, shape: ModelShape) -> Layout:
                   micro_batch_size=shape.micro_batch_size, global_batch_size=global_batch(scenario, shape))
 
 
+def _megatron_interleaved(scenario: Scenario, shape: ModelShape) -> Layout:
+    base = _megatron(scenario, shape)
+    if base.pp == 1:
+        raise InputError("megatron-interleaved needs pipeline parallelism (more than one node)", field="parallel.pp")
+    return replace(base, schedule="interleaved-1f1b", vpp=2)
+
+
 def _megatron_moe(scenario: Scenario, shape: ModelShape) -> Layout:
     if not shape.experts:
         raise InputError("megatron-moe needs a mixture-of-experts model", field="model.type")
@@ -80,6 +89,7 @@ PRESETS: dict[str, Callable[[Scenario, ModelShape], Layout]] = {
     "zero1": _data(1),
     "fsdp": _data(3),
     "megatron": _megatron,
+    "megatron-interleaved": _megatron_interleaved,
     "megatron-moe": _megatron_moe,
 }
 
