@@ -7,6 +7,7 @@ A two-layer transformer small enough to compute by hand on 2 devices behind a sw
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -119,10 +120,13 @@ def test_compare_lists_the_presets_for_a_transformer(tmp_path: Path, capsys):
     import yaml
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
-    assert main(["compare", str(path)]) == 0
+    assert main(["compare", str(path), "--json", str(tmp_path / "rows.json")]) == 0
     out = capsys.readouterr().out
     for name in ("ddp", "zero1", "fsdp", "megatron", "1f1b", "zb-h1"):
         assert f"│ {name} " in out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["name"] for r in rows][:4] == ["ddp", "zero1", "fsdp", "megatron"]
+    assert min(r["step_vs_best"] for r in rows if r["valid"]) == 1.0
     assert "megatron-moe: megatron-moe needs a mixture-of-experts model" in out
 
 
