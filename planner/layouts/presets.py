@@ -14,7 +14,8 @@ For a scenario with ``N`` devices in nodes of ``k``, global batch ``G`` (the sce
 - ``megatron-moe`` (MoE models): no TP, ``dp = N`` with expert parallelism inside the
   node (the largest degree ``<= k`` dividing the experts), distributed optimizer.
 
-The built-in pipeline schedules run as ``pp = N`` layouts (``dp = 1``) on stages cut by
+Each preset turns on the least activation recomputation that makes every rank fit its GPU
+(per :mod:`simulator.memory_model`). The built-in pipeline schedules run as ``pp = N`` layouts (``dp = 1``) on stages cut by
 cost with :func:`simulator.partition.contiguous_split` (the embedding's cost counted with
 the first layer, the head's with the last).
 """
@@ -28,6 +29,7 @@ from planner.layouts.build import shape_of
 from simulator.errors import InputError
 from simulator.hybrid import model_units
 from simulator.layout import SCHEDULES, Layout, check_model
+from simulator.memory_model import layout_memory
 from simulator.partition import contiguous_split
 from simulator.scenario import Scenario
 from simulator.shapes import ModelShape
@@ -101,7 +103,7 @@ def preset_layouts(scenario: Scenario) -> tuple[dict[str, Layout], dict[str, str
     why: dict[str, str] = {}
     for name, build in PRESETS.items():
         try:
-            out[name] = checked(scenario, shape, build(scenario, shape))
+            out[name] = _fitting(scenario, shape, checked(scenario, shape, build(scenario, shape)))
         except InputError as exc:
             why[name] = exc.message
     return out, why
@@ -110,6 +112,19 @@ def preset_layouts(scenario: Scenario) -> tuple[dict[str, Layout], dict[str, str
 def checked(scenario: Scenario, shape: ModelShape, layout: Layout) -> Layout:
     """``layout`` after Megatron's divisibility rules for ``shape`` (:func:`simulator.layout.check_model`)."""
     check_model(layout, shape, Section({}, file=scenario.file or None, path="parallel"))
+    return layout
+
+
+def _fitting(scenario: Scenario, shape: ModelShape, layout: Layout) -> Layout:
+    """``layout`` with the least activation recomputation (none, selective, full) whose ranks fit
+    their GPUs by :func:`simulator.memory_model.layout_memory`, as practitioners turn it on
+    (FSDP's activation checkpointing, Megatron's ``--recompute-granularity``); unchanged
+    when even full recomputation does not fit (the row then says so)."""
+    capacity = min(d.memory_bytes for d in scenario.problem.cluster.devices)
+    for mode in ("none", "selective", "full"):
+        candidate = replace(layout, recompute=mode)
+        if max(m.total for m in layout_memory(shape, candidate)) <= capacity:
+            return candidate
     return layout
 
 
