@@ -62,6 +62,8 @@ HBM_BANDWIDTH: Mapping[str, float] = MappingProxyType({
 #: write the 16-bit weight (2) — apex / Megatron ``FusedAdam``'s traffic; the step is
 #: memory-bound (about 1 FLOP per byte).
 ADAM_BYTES_PER_PARAM = 28
+#: Bytes per parameter a ZeRO-3 (or ZeRO-1/2 post-step) all-gather brings back: the 16-bit weights.
+GATHER_BYTES = WEIGHT_BYTES
 
 _LAYER = re.compile(r"^(?:(?P<tower>.+)\.)?layer(?P<index>\d+)(?:\..*)?$")
 
@@ -242,7 +244,3 @@ def optimizer_seconds(params: float, device: Device, *, default_bandwidth: float
     """
     rate = device.rates.get("hbm") or HBM_BANDWIDTH.get(device.type, default_bandwidth)
     return ADAM_BYTES_PER_PARAM * params / rate
-
-
-# Bytes of the 16-bit weights a ZeRO-3 all-gather brings back, per parameter.
-GATHER_BYTES = WEIGHT_BYTES

@@ -190,3 +190,24 @@ def test_a_layout_too_large_to_replay_is_refused_in_one_line():
     with pytest.raises(InputError, match=r"tasks to replay \(at most 2,000,000\)") as exc:
         build_layout_run(scenario, scenario.parallel)
     assert exc.value.field == "parallel"
+
+
+def test_expert_parallel_all_to_alls_move_the_dispatch_bytes_over_the_ep_group():
+    """EP 2 within DP 2 (MoE, 4 experts, top-2): each MoE layer's F runs a dispatch and a
+    combine all-to-all over the EP group, each rank sending tokens x top-k x hidden x 2 bytes
+    (the graph's dispatch operator's share), half to each rank; B runs the two transposes."""
+    doc = copy.deepcopy(TINY)
+    doc["model"] = {"type": "moe", "layers": 2, "dense_layers": 1, "hidden": 256, "heads": 4, "ffn": 512, "experts": 4,
+                    "shared_experts": 0, "top_k": 2, "expert_ffn": 256, "vocab": 1024, "seq_len": 128, "micro_batch_size": 1}
+    doc["parallel"] = {"dp": 2, "ep": 2, "global_batch_size": 2}
+    scenario = scenario_from_dict(doc, "moe.yaml")
+    run = build_layout_run(scenario, scenario.parallel)
+    timeline = replay(run.problem, run.schedule)
+    assert timeline.ok
+    calls = [c for c in run.schedule.collectives.values() if c.collective.op == "all_to_all"]
+    assert sorted(c.name.split("@")[0] for c in calls) == ["ep.L1.B0.0", "ep.L1.B1.0", "ep.L1.F0.0", "ep.L1.F1.0"]
+    assert {c.collective.bytes for c in calls} == {128 * 2 * 256 * 2}
+    assert all(c.collective.group == ("gpu0", "gpu1") for c in calls)
+    executed = [e for e in _executed(timeline, "gpu0") if e.entry.collective in calls]
+    route = scenario.problem.cluster.route("gpu0", "gpu1")
+    assert executed[0].end - executed[0].start == pytest.approx(route.latency + 128 * 2 * 256 * 2 / 2 / route.bandwidth)
