@@ -91,20 +91,27 @@ def _grad_calls(ctx: Context, units: list[tuple[int, Task]], device: str, expert
 
 
 def _buckets(ctx: Context, compute: list, device: str) -> dict[int, list[CollectiveCall]]:
-    """Position of a unit's last W in ``compute`` -> the buckets launched when it is done."""
-    last: dict[int, tuple[int, Task]] = {}
+    """Position of the W that completes a bucket in ``compute`` -> the buckets launched there.
+
+    ZeRO-0/1 reduce once per step, after each unit's last W (DDP's ``no_sync``, Megatron's
+    gradient accumulation into a full buffer); ZeRO-2/3 hold only their gradient shard, so
+    they reduce-scatter every micro-batch (DeepSpeed's micro-step reduction, FSDP without
+    ``no_sync``), a micro-batch's last bucket flushed at its last W."""
+    per_micro_batch = ctx.layout.zero >= 2
+    last: dict[tuple[int, int], tuple[int, Task]] = {}
     for position, item in enumerate(compute):
         if isinstance(item, Task) and item.kind == "W":
-            last[_unit_index(ctx, item.op)] = (position, item)
+            last[_unit_index(ctx, item.op), item.mb if per_micro_batch else 0] = (position, item)
+    flush = {max(p for (_, mb), (p, _) in last.items() if mb == m) for m in {mb for _, mb in last}}
     cap = bucket_bytes(ctx.layout) if ctx.layout.zero != 3 else 0.0
     n = len(ctx.group("dp-cp", device))
-    total = sum(GRAD_BYTES * ctx.units[u].params for u in last)
+    total = sum(GRAD_BYTES * ctx.units[u].params for u, _ in last)
     cap = max(cap, total * 2 * n * n / BUCKET_TRANSFER_BUDGET)
     out: dict[int, list[CollectiveCall]] = {}
     pending: list[tuple[int, Task]] = []
-    for unit, (position, task) in sorted(last.items(), key=lambda kv: kv[1][0]):
+    for (unit, _), (position, task) in sorted(last.items(), key=lambda kv: kv[1][0]):
         pending.append((unit, task))
-        if sum(GRAD_BYTES * ctx.units[u].params for u, _ in pending) >= cap or position == max(p for p, _ in last.values()):
+        if sum(GRAD_BYTES * ctx.units[u].params for u, _ in pending) >= cap or position in flush:
             out[position] = [c for expert in (False, True) for c in _grad_calls(ctx, pending, device, expert, len(out), cap)]
             pending = []
     return out
