@@ -49,12 +49,16 @@ def bucket_bytes(layout) -> float:
 
 
 def _gathers(ctx: Context, compute: list, device: str) -> dict[int, CollectiveCall]:
-    """ZeRO-3: position in ``compute`` -> the all-gather its task waits for."""
+    """ZeRO-3: position in ``compute`` of the task during which an all-gather is issued -> that
+    gather. The gather for the ``k``-th task needing one is issued when the ``k−1``-th starts
+    (after the ``k−2``-th has finished and freed its unit), as FSDP's prefetch issues it, so
+    on the comm stream it comes before the reduce-scatter of the unit running meanwhile."""
     out: dict[int, CollectiveCall] = {}
     if ctx.layout.zero != 3:
         return out
     group = ctx.group("dp-cp", device)
     needing: list[Task] = []
+    issued_at: list[int] = []
     for position, item in enumerate(compute):
         if not isinstance(item, Task) or item.kind == "W":
             continue
@@ -62,9 +66,11 @@ def _gathers(ctx: Context, compute: list, device: str) -> dict[int, CollectiveCa
         if unit.dense_params == 0 or len(group) == 1:
             continue
         after = (needing[-2],) if len(needing) >= 2 else ()
-        out[position] = ctx.call(f"ag.{item.kind}.{unit.name}.{item.mb}", "all_gather", GATHER_BYTES * unit.dense_params,
-                                 group, "comm", after=after, before=(item,))
+        call = ctx.call(f"ag.{item.kind}.{unit.name}.{item.mb}", "all_gather", GATHER_BYTES * unit.dense_params, group, "comm",
+                        after=after, before=(item,))
+        out[issued_at[-1] if issued_at else position] = call
         needing.append(item)
+        issued_at.append(position)
     return out
 
 
