@@ -48,12 +48,12 @@ def bucket_bytes(layout) -> float:
     return GRAD_BYTES * max(40e6, 1e6 * layout.dp)
 
 
-def _gathers(ctx: Context, compute: list, device: str) -> dict[int, CollectiveCall]:
+def _gathers(ctx: Context, compute: list, device: str) -> dict[int, list[CollectiveCall]]:
     """ZeRO-3: position in ``compute`` of the task during which an all-gather is issued -> that
     gather. The gather for the ``k``-th task needing one is issued when the ``k−1``-th starts
     (after the ``k−2``-th has finished and freed its unit), as FSDP's prefetch issues it, so
     on the comm stream it comes before the reduce-scatter of the unit running meanwhile."""
-    out: dict[int, CollectiveCall] = {}
+    out: dict[int, list[CollectiveCall]] = {}
     if ctx.layout.zero != 3:
         return out
     group = ctx.group("dp-cp", device)
@@ -68,7 +68,7 @@ def _gathers(ctx: Context, compute: list, device: str) -> dict[int, CollectiveCa
         after = (needing[-2],) if len(needing) >= 2 else ()
         call = ctx.call(f"ag.{item.kind}.{unit.name}.{item.mb}", "all_gather", GATHER_BYTES * unit.dense_params, group, "comm",
                         after=after, before=(item,))
-        out[issued_at[-1] if issued_at else position] = call
+        out.setdefault(issued_at[-1] if issued_at else position, []).append(call)
         needing.append(item)
         issued_at.append(position)
     return out
@@ -129,7 +129,6 @@ def comm_stream(ctx: Context, compute: list, device: str) -> list[CollectiveCall
     buckets = _buckets(ctx, compute, device) if ctx.layout.dp * ctx.layout.cp > 1 else {}
     out: list[CollectiveCall] = []
     for position in range(len(compute)):
-        if position in gathers:
-            out.append(gathers[position])
+        out += gathers.get(position, [])
         out += buckets.get(position, [])
     return out
