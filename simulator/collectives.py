@@ -168,9 +168,21 @@ def ring_steps(ring: Sequence[str], chunk: float, count: int) -> list[Step]:
 
 
 def _parallel(step_lists: Sequence[list[Step]]) -> list[Step]:
-    """Run several independent step sequences side by side (step ``i`` of each together)."""
+    """Run several independent step sequences side by side (step ``i`` of each together).
+
+    Merged steps made of the same parts are one object, so pricing (which prices each
+    distinct step object once) stays cheap for rings of a thousand ranks.
+    """
     length = max((len(s) for s in step_lists), default=0)
-    return [tuple(t for steps in step_lists if i < len(steps) for t in steps[i]) for i in range(length)]
+    merged: dict[tuple[int, ...], Step] = {}
+    out = []
+    for i in range(length):
+        parts = [steps[i] for steps in step_lists if i < len(steps)]
+        key = tuple(id(part) for part in parts)
+        if key not in merged:
+            merged[key] = tuple(t for part in parts for t in part)
+        out.append(merged[key])
+    return out
 
 
 def _ring_collective(c: Collective, cluster: Cluster | None) -> list[Step]:

@@ -290,14 +290,22 @@ class _Replay:
         self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive)
         self.watched, self.gates = self.coll.watch, self.coll.gates
 
-    def _collective(self, state: _StreamState, entry: Entry):
-        """This device's part in a collective: arrive, wait for it to end, record it."""
+    def _collective(self, state: _StreamState, entry: Entry, held: list):
+        """This device's part in a collective: arrive, wait for it to end, record it; then
+        the sends an earlier slot ``held`` for the end of its next slot leave."""
         call = entry.collective
         run = self.coll.member_arrives(call.name, state.device)  # type: ignore[union-attr]
         state.waiting_on = collective_key(call.name)
         yield run.done
         state.waiting_on = None
         self.executed.append(Executed(state.device, state.stream, entry, run.start, run.end))
+        self._send(entry, held, state.device)
+
+    def _tasks_done(self, tasks: tuple[Task, ...]) -> None:
+        """Wake the collectives that wait for any of ``tasks`` (their ``after``)."""
+        for task in tasks:
+            if task in self.watched:
+                self.coll.task_done(task)  # type: ignore[union-attr]
 
     def _gated(self, entry: Entry, inputs) -> list:
         """``inputs`` plus the collectives that ``entry``'s tasks are declared ``before``."""
@@ -427,7 +435,7 @@ class _Replay:
             state.position = index
             tasks = entry.tasks
             if entry.collective is not None:
-                yield from self._collective(state, entry)
+                yield from self._collective(state, entry, held)
                 continue
             if len(tasks) == 1:
                 op, mb, kind = tasks[0]
@@ -466,9 +474,7 @@ class _Replay:
             executed.append(Executed(device, stream, entry, start, env.now))
             self._send(entry, held, device)
             if watched:
-                for task in tasks:
-                    if task in watched:
-                        self.coll.task_done(task)  # type: ignore[union-attr]
+                self._tasks_done(tasks)
         for task in held:
             deliver(task, device, "remote")
         state.position = len(state.entries)

@@ -6,10 +6,14 @@ puts it on the first pipeline stage), one transformer layer (attention + MLP, or
 attention + router + experts for MoE), or the head (final norm + LM head + loss, on the
 last stage). Each unit carries what one rank of the layout does for one micro-batch:
 
-- FLOPs of F, B and W, the graph operators' sum divided by ``tp x cp`` (Megatron's
-  column/row-parallel split gives each TP rank ``1/tp`` of every GEMM and of the
-  attention heads; context parallelism gives each rank ``1/cp`` of the tokens). The
-  replicated norms are divided too: they are under 0.1 % of a layer's FLOPs.
+- seconds of F, B and W on the cluster's device: the graph operators' own cost model
+  (measured times, else each work class — GEMM FLOPs, attention FLOPs, HBM bytes — at
+  the device's rate, :meth:`simulator.cluster.Device.work_time`) with every class but
+  kernel launches divided by ``tp x cp`` (Megatron's column/row-parallel split gives each
+  TP rank ``1/tp`` of every GEMM and of the attention heads; context parallelism gives
+  each rank ``1/cp`` of the tokens; a kernel is launched on every rank whatever its
+  size). The replicated norms are divided too: with sequence parallelism they are, and
+  without it they are under 1 % of a layer's time. Also the FLOPs, for MFU.
   Full recomputation adds the unit's F inside its B (Korthikanti et al. 2022, section 5);
   selective recomputation adds nothing with flash attention (the score tensors it would
   recompute are never stored: flash attention's backward already recomputes them, and
@@ -35,10 +39,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from simulator.graph import OperatorGraph
+from simulator.cluster import Device
+from simulator.graph import Operator, OperatorGraph
 from simulator.layout import Layout
 from simulator.memory_model import GRAD_BYTES, WEIGHT_BYTES, layer_activations
 from simulator.shapes import LayerMemory, ModelShape
@@ -57,6 +62,8 @@ HBM_BANDWIDTH: Mapping[str, float] = MappingProxyType({
 #: write the 16-bit weight (2) — apex / Megatron ``FusedAdam``'s traffic; the step is
 #: memory-bound (about 1 FLOP per byte).
 ADAM_BYTES_PER_PARAM = 28
+#: Bytes per parameter a ZeRO-3 (or ZeRO-1/2 post-step) all-gather brings back: the 16-bit weights.
+GATHER_BYTES = WEIGHT_BYTES
 
 _LAYER = re.compile(r"^(?:(?P<tower>.+)\.)?layer(?P<index>\d+)(?:\..*)?$")
 
@@ -83,6 +90,8 @@ class Unit:
     #: Transformer layer index (None for the embedding and head).
     layer: int | None
     flops: Mapping[str, float]
+    #: Seconds of each pass on one rank (the cluster's device type).
+    seconds: Mapping[str, float]
     activation_bytes: float
     w_retained_bytes: float
     #: Parameters this rank holds of the unit, dense (sharded over dp x cp) and expert.
@@ -95,6 +104,9 @@ class Unit:
     tp_backward: tuple[tuple[str, float], ...] = ()
     #: Expert-parallel all-to-all send buffers per pass (F: dispatch, combine; B the same).
     all_to_all: tuple[float, ...] = ()
+    #: Context-parallel KV exchange per pass: ``(op, bytes)`` for F and for B.
+    cp_forward: tuple[tuple[str, float], ...] = ()
+    cp_backward: tuple[tuple[str, float], ...] = ()
 
     @property
     def params(self) -> float:
@@ -125,12 +137,27 @@ def _row_parallel_blocks(unit: str, ops: list) -> tuple[int, int]:
     return blocks + (1 if experts else 0), blocks + (1 if experts else 0)
 
 
-def _unit_costs(name: str, ops: list, memory: LayerMemory, layout: Layout, stream: float, index: int | None) -> Unit:
+def _op_seconds(op: Operator, kind: str, device: Device, split: int) -> float:
+    """One rank's share of ``op``'s ``kind`` pass: measured or modelled time, launches not split."""
+    measured = op.measured_time(device.type, kind)
+    if measured is not None:
+        return measured / split
+    if op.work:
+        work = op.work.get(kind, {})
+        return device.work_time({c: a if c == "launch" else a / split for c, a in work.items()})
+    return op.flops.get(kind, 0.0) / device.effective_flops / split
+
+
+def _unit_costs(name: str, ops: list, memory: LayerMemory, layout: Layout, stream: float, index: int | None,
+                device: Device) -> Unit:
     split = layout.tp * layout.cp
-    flops = {k: sum(op.flops.get(k, 0.0) for op in ops if op.stream == "compute") / split for k in ("F", "B", "W")}
+    compute = [op for op in ops if op.stream == "compute"]
+    flops = {k: sum(op.flops.get(k, 0.0) for op in compute) / split for k in ("F", "B", "W")}
+    seconds = {k: sum(_op_seconds(op, k, device, split) for op in compute) for k in ("F", "B", "W")}
     mode = layout.recompute_mode(index) if index is not None else "none"
     if mode == "full":
         flops["B"] += flops["F"]
+        seconds["B"] += seconds["F"]
     samples = layout.micro_batch_size
     opts = {"tp": layout.tp, "cp": layout.cp, "sequence_parallel": layout.sequence_parallel}
     activations = layer_activations(memory, samples, recompute=mode, **opts)
@@ -142,6 +169,7 @@ def _unit_costs(name: str, ops: list, memory: LayerMemory, layout: Layout, strea
         name=name,
         layer=index,
         flops=MappingProxyType(flops),
+        seconds=MappingProxyType(seconds),
         activation_bytes=activations,
         w_retained_bytes=activations * kept if mode != "full" else 0.0,
         dense_params=memory.tp_params / layout.tp + memory.replicated_params,
@@ -161,8 +189,8 @@ def _stream_bytes(graph: OperatorGraph, ops: list) -> float:
     return max(out or inside or [0.0])
 
 
-def model_units(graph: OperatorGraph, shape: ModelShape, layout: Layout) -> tuple[Unit, ...]:
-    """The embedding, every layer and the head, in model order, as one rank of ``layout`` runs them."""
+def model_units(graph: OperatorGraph, shape: ModelShape, layout: Layout, device: Device) -> tuple[Unit, ...]:
+    """The embedding, every layer and the head, in model order, as one rank of ``layout`` runs them on ``device``."""
     grouped: dict[str, list] = {}
     for op in graph.operators:
         grouped.setdefault(unit_of_group(op.group or op.name), []).append(op)
@@ -171,8 +199,25 @@ def model_units(graph: OperatorGraph, shape: ModelShape, layout: Layout) -> tupl
     missing = [name for name, _, _ in order if name not in grouped]
     if missing:
         raise ValueError(f"the graph has no operators for unit {missing[0]!r}")
-    return tuple(_unit_costs(name, grouped[name], memory, layout, _stream_bytes(graph, grouped[name]), index)
-                 for name, index, memory in order)
+    units = tuple(_unit_costs(name, grouped[name], memory, layout, _stream_bytes(graph, grouped[name]), index, device)
+                  for name, index, memory in order)
+    return tuple(_with_context_parallel(u, shape, layout) for u in units) if layout.cp > 1 else units
+
+
+def _with_context_parallel(unit: Unit, shape: ModelShape, layout: Layout) -> Unit:
+    """A layer under context parallelism exchanges its self-attention's K and V around the CP
+    ring in F (each rank ends with all ``cp`` chunks: an all-gather's ring steps, as ring
+    attention and Megatron's CP send them) and the gradients of K and V back in B (a
+    reduce-scatter). The gathered buffer is ``2 s b (kv_heads d) e / tp`` bytes; the stream
+    ``s b h e`` is the same with ``h = heads d``. Modelled blocking (Megatron overlaps the ring
+    with the attention blocks)."""
+    if unit.layer is None:
+        return unit
+    prefix = unit.name.split(".", 1)[0] if "." in unit.name else ""
+    tower = next((t for t in shape.towers if t.name == ("text" if prefix == "fusion" else prefix)), shape.towers[0])
+    full = unit.stream_bytes * layout.cp * (layout.tp if layout.sequence_parallel else 1)
+    size = 2 * full * tower.kv_heads / tower.heads / layout.tp
+    return replace(unit, cp_forward=(("all_gather", size),), cp_backward=(("reduce_scatter", size),))
 
 
 def stage_units(layout: Layout, layers: int) -> tuple[tuple[int, ...], ...]:
@@ -190,14 +235,12 @@ def stage_units(layout: Layout, layers: int) -> tuple[tuple[int, ...], ...]:
     return tuple(stages)
 
 
-def optimizer_seconds(params: float, device_type: str, *, default_bandwidth: float = 3.35e12) -> float:
-    """Seconds of a fused Adam step over ``params`` parameters: bytes moved / HBM bandwidth.
+def optimizer_seconds(params: float, device: Device, *, default_bandwidth: float = 3.35e12) -> float:
+    """Seconds of a fused Adam step over ``params`` parameters: bytes moved / achieved HBM
+    bandwidth (the profile's ``hbm`` rate; else the datasheet figure of :data:`HBM_BANDWIDTH`).
 
-    >>> round(optimizer_seconds(1e9, "H100-SXM5") * 1e3, 3)  # 28 GB at 3.35 TB/s
+    >>> round(optimizer_seconds(1e9, Device("g", "H100-SXM5", 80e9, 1e15)) * 1e3, 3)  # 28 GB at 3.35 TB/s
     8.358
     """
-    return ADAM_BYTES_PER_PARAM * params / HBM_BANDWIDTH.get(device_type, default_bandwidth)
-
-
-# Bytes of the 16-bit weights a ZeRO-3 all-gather brings back, per parameter.
-GATHER_BYTES = WEIGHT_BYTES
+    rate = device.rates.get("hbm") or HBM_BANDWIDTH.get(device.type, default_bandwidth)
+    return ADAM_BYTES_PER_PARAM * params / rate

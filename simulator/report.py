@@ -9,7 +9,7 @@ from rich.table import Table
 
 from simulator.metrics import Report
 
-__all__ = ["print_report", "collectives_table", "fmt_bytes", "fmt_mfu", "fmt_ms", "fmt_percent"]
+__all__ = ["print_report", "collectives_table", "communication_table", "fmt_bytes", "fmt_mfu", "fmt_ms", "fmt_percent"]
 
 
 def fmt_ms(seconds: float) -> str:
@@ -75,6 +75,18 @@ def print_report(report: Report, console: Console | None = None, *, title: str =
         console.print(links)
     if report.collectives:
         console.print(collectives_table(report))
+    if any(d.comm_time for d in report.devices):
+        console.print(communication_table(report))
+
+
+def communication_table(report: Report) -> Table:
+    """Per device: time spent communicating, and how much of it compute did not hide."""
+    table = Table(title="communication")
+    for header in ("device", "comm ms", "hidden ms", "exposed ms"):
+        table.add_column(header, justify="right")
+    for d in report.devices:
+        table.add_row(d.device, fmt_ms(d.comm_time), fmt_ms(d.comm_hidden), fmt_ms(d.comm_exposed))
+    return table
 
 
 def collectives_table(report: Report) -> Table:

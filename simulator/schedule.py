@@ -115,8 +115,8 @@ class Entry:
 
     def __post_init__(self) -> None:
         if self.collective is not None:
-            if self.tasks or self.overlap or self.start is not None:
-                raise ValueError("a collective entry takes no tasks, overlap or start")
+            if self.tasks or self.overlap or self.start is not None or self.send_after_next or self.prefetch:
+                raise ValueError("a collective entry takes no tasks, overlap, start, send or prefetch")
             return
         if not self.tasks:
             raise ValueError("an entry needs at least one task")
@@ -339,7 +339,12 @@ def schedule_from_dict(doc: Any, *, file: str | None = None) -> Schedule:
     meta = doc.get("meta", {})
     if not isinstance(meta, dict):
         raise InputError("expected a mapping", file=file, field="meta")
-    return Schedule(devices=parsed, name=str(doc.get("name", "")), meta=meta)
+    schedule = Schedule(devices=parsed, name=str(doc.get("name", "")), meta=meta)
+    unused = [name for name in calls if name not in schedule.collectives]
+    if unused:
+        raise InputError(f"collective {unused[0]!r} is defined but no device lists it (add {{collective: {unused[0]}}}"
+                         " where each member runs it)", file=file, field=f"collectives.{unused[0]}")
+    return schedule
 
 
 def load_schedule(path: str | Path) -> Schedule:

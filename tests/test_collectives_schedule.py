@@ -13,7 +13,7 @@ from simulator.collectives import Collective, collective_time
 from simulator.engine import replay, simulate
 from simulator.errors import InputError, ScheduleRejected
 from simulator.problem import Task
-from simulator.schedule import CollectiveCall, Schedule, load_schedule, save_schedule, schedule_from_dict
+from simulator.schedule import CollectiveCall, Entry, Schedule, load_schedule, save_schedule, schedule_from_dict
 from simulator.validation import static_violations
 
 #: Two data-parallel replicas ``s0`` / ``s1`` of one operator (1 ms per pass), one per GPU.
@@ -90,6 +90,13 @@ class TestFormat:
         with pytest.raises(InputError, match=message) as info:
             schedule_from_dict(document(**change), file="s.json")
         assert (info.value.file, info.value.field) == ("s.json", field)
+
+    def test_a_definition_no_device_lists(self):
+        doc = document()
+        doc["collectives"]["spare"] = {"op": "all_gather", "group": ["gpu0", "gpu1"], "bytes": 1}
+        with pytest.raises(InputError, match="collective 'spare' is defined but no device lists it") as info:
+            schedule_from_dict(doc)
+        assert info.value.field == "collectives.spare"
 
     def test_an_entry_naming_an_undefined_collective(self):
         doc = document()
@@ -256,9 +263,55 @@ class TestWithOtherTraffic:
         out = capsys.readouterr().out
         assert "collectives" in out and "all_reduce" in out and "slowdown" in out
 
+    def test_communication_hidden_behind_compute_and_exposed(self, make_problem, op):
+        """Each GPU computes [0, 1] while its comm stream all-reduces [0, 2]: 1 s of the
+        all-reduce is hidden behind compute, 1 s exposed."""
+        from simulator.metrics import build_report
+
+        problem = make_problem([op("s0"), op("s1")], devices=2, bandwidth=1e9, mode="inference")
+        grads = CollectiveCall("grads", Collective("all_reduce", ("gpu0", "gpu1"), 2e9))  # 2·(1/2)·2 GB / 1 GB/s
+        schedule = Schedule.from_lists({"gpu0": [Task("s0", 0, "F"), grads], "gpu1": [grads, Task("s1", 0, "F")]})
+        report = build_report(simulate(problem, schedule))
+        assert [(d.comm_time, d.comm_hidden, d.comm_exposed) for d in report.devices] == [(2, 1, 1), (2, 1, 1)]
+
     def test_pictures_draw_a_collective_as_communication(self, problem):
         from simulator.pictures import category, gantt_figure
 
         timeline = simulate(problem, schedule_from_dict(document(stream="compute")))
         assert {category(e) for e in timeline.executed if e.entry.collective} == {"comm"}
         assert len(gantt_figure(timeline).axes) == 1
+
+
+def test_the_bundled_tp2_dp2_scenario_hides_one_bucket_behind_the_backward():
+    """scenarios/tp2-dp2-collectives.yaml: the numbers its comment promises."""
+    from pathlib import Path
+
+    from simulator.metrics import build_report
+    from simulator.scenario import load_scenario
+
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "tp2-dp2-collectives.yaml")
+    timeline = simulate(scenario.problem, load_schedule(scenario.schedule_file))
+    cluster = scenario.problem.cluster
+    tp = collective_time(Collective("all_reduce", ("gpu0", "gpu1"), 3.36e7), cluster)
+    dp = collective_time(Collective("reduce_scatter", ("gpu0", "gpu2"), 1e8), cluster)
+    assert (tp, dp) == pytest.approx((3.36e7 / 292.5e9 + 2 * 25e-9, 0.5e-6 + 0.5e8 / 45e9), rel=1e-12)
+    ms = 1e-3
+    ran = {r.name: (r.start, r.end) for r in timeline.collectives}
+    assert ran["dp0.l1"] == pytest.approx((4 * ms + tp, 4 * ms + tp + dp), rel=1e-12)  # after both replicas' W of layer 1
+    assert ran["dp0.l0"] == pytest.approx((6 * ms + 2 * tp, 6 * ms + 2 * tp + dp), rel=1e-12)
+    assert timeline.makespan == pytest.approx(6 * ms + 2 * tp + dp, rel=1e-12)
+    hidden = {d.device: d.comm_hidden for d in build_report(timeline).devices}
+    assert hidden == pytest.approx(dict.fromkeys(["gpu0", "gpu1", "gpu2", "gpu3"], 1 * ms), rel=1e-9)  # B of layer 0
+
+
+def test_a_collective_is_the_next_slot_for_a_send_held_after_next(make_problem, op):
+    """gpu0 holds F:s0's send until its next slot ends: here a barrier at t = 1, not s2 at t = 2."""
+    problem = make_problem([op("s0"), op("s1"), op("s2")], [("s0", "s1", 1e9)], devices=2, bandwidth=1e9, mode="inference")
+    barrier = CollectiveCall("barrier", Collective("all_reduce", ("gpu0", "gpu1"), 0.0), stream="compute")
+    schedule = Schedule.from_lists({
+        "gpu0": [Entry((Task("s0", 0, "F"),), send_after_next=True), barrier, Task("s2", 0, "F")],
+        "gpu1": [barrier, Task("s1", 0, "F")],
+    })
+    starts = {(e.device, str(e.entry)): e.start for e in simulate(problem, schedule).executed}
+    assert starts[("gpu0", "all_reduce:barrier")] == 1
+    assert starts[("gpu1", "F:s1:0")] == 2  # sent at 1, 1 GB at 1 GB/s

@@ -78,17 +78,19 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
                     plan_memory_like: str | None, time_limit: float | None, chunks: int | None, ranks: int | None) -> None:
     """Replay every built-in schedule that applies to SCENARIO (and the --with files); print one table.
 
-    A schedule whose replay has violations is marked invalid and is never the "x best" reference."""
+    A schedule whose replay has violations is marked invalid and is never the "x best" reference.
+    For transformer, moe and two_tower models (without --with / --plan) each row is a layout
+    (the scenario's, the presets, the built-in schedules on cost-balanced stages) replayed
+    for one training step."""
     for given, flag in ((plan_memory_like, "--plan-memory-like"), (time_limit, "--time-limit")):
         if given is not None and not with_plan:
             raise InputError(f"{flag} only applies with --plan (it would do nothing here)", field=flag)
-    loaded = load_scenario(scenario)
-    if str(loaded.model_config.get("type", "")) in SHAPES and not (extra or with_plan):
-        check_outputs({"--json": json_path}, inputs=[scenario])
-        _compare_layouts(loaded, scenario, json_path)
-        return
     files = _parse_with(extra)
     check_outputs({"--json": json_path}, inputs=[scenario, *files.values()])
+    loaded = load_scenario(scenario)
+    if str(loaded.model_config.get("type", "")) in SHAPES and not (extra or with_plan):
+        _compare_layouts(loaded, scenario, json_path)
+        return
     schedules = {label: load_schedule(path) for label, path in files.items()}
     for label, path in files.items():
         violations = static_violations(loaded.problem, schedules[label])

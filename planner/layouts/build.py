@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from planner.layouts.expand import Context, expand_all
+from planner.layouts.context import Context
+from planner.layouts.expand import expand_all
 from planner.schedules import generate
 from simulator.collectives import Collective, collective_time
 from simulator.errors import InputError
@@ -51,6 +52,9 @@ __all__ = ["FULL_REPLAY_DEVICES", "TP_REPLAY_TRANSFERS", "LayoutRun", "build_lay
 
 FULL_REPLAY_DEVICES = 16
 TP_REPLAY_TRANSFERS = 300_000
+#: A layout whose replay would run more unit tasks than this is refused (one line) rather
+#: than left running for minutes: about 20 s of replay on one core.
+MAX_TASKS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def _pipeline(scenario: Scenario, layout: Layout) -> Schedule:
         raise InputError(f"{layout.schedule}: {exc.message}", file=scenario.file or None, field="parallel.schedule") from None
 
 
-def _operators(ctx: Context, shape: ModelShape, eff: float, tp_prices: Mapping) -> tuple[Operator, ...]:
+def _operators(ctx: Context, shape: ModelShape, tp_prices: Mapping) -> tuple[Operator, ...]:
     """One operator per unit and replayed copy; static memory = the rank's model states and
     buffers (:func:`simulator.memory_model.rank_memory`) shared evenly by the units it holds."""
     static: dict[int, float] = {}
@@ -139,7 +143,7 @@ def _operators(ctx: Context, shape: ModelShape, eff: float, tp_prices: Mapping) 
     ops = []
     for copy in ctx.copies:
         for i, unit in enumerate(ctx.units):
-            times = {k: unit.flops[k] / eff + (tp_prices.get((i, k), 0.0) if priced else 0.0) for k in ("F", "B", "W")}
+            times = {k: unit.seconds[k] + (tp_prices.get((i, k), 0.0) if priced else 0.0) for k in ("F", "B", "W")}
             ops.append(Operator(ctx.op_name(i, copy), measured={"*": times}, static_bytes=static.get(i, 0.0),
                                 activation_bytes=unit.activation_bytes, w_retained_bytes=unit.w_retained_bytes,
                                 params=unit.params, group=unit.name))
@@ -155,24 +159,25 @@ def _graph(ctx: Context, operators: tuple[Operator, ...], name: str) -> Operator
 def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> LayoutRun:
     """The problem and schedule that replay ``layout`` on ``scenario``'s model and cluster."""
     shape = shape_of(scenario)
-    units = model_units(scenario.problem.graph, shape, layout)
+    units = model_units(scenario.problem.graph, shape, layout, scenario.problem.cluster.devices[0])
     tp_mode, replicas = _modes(units, layout)
+    copies = replicas * layout.cp * (layout.tp if tp_mode != "priced" else 1)
+    tasks = 3 * len(units) * layout.micro_batches * copies
+    if scenario.problem.workload.mode != "training" or tasks > MAX_TASKS:
+        why = "layouts replay training steps" if tasks <= MAX_TASKS else f"{tasks:,} tasks to replay (at most {MAX_TASKS:,})"
+        raise InputError(why, file=scenario.file or None, field="workload.mode" if tasks <= MAX_TASKS else "parallel")
     pipeline = _pipeline(scenario, layout)
     ctx = Context(layout, units, stage_units(layout, len(shape.layers)), scenario.problem.cluster.device_names, tp_mode,
-                  replicas, pipeline)
+                  replicas, pipeline, scenario.problem.cluster)
     cluster = scenario.problem.cluster
     tp_prices = _tp_seconds(units, layout, scenario) if tp_mode == "priced" else {}
-    operators = _operators(ctx, shape, cluster.devices[0].effective_flops, tp_prices)
+    operators = _operators(ctx, shape, tp_prices)
     problem = Problem(_graph(ctx, operators, f"{scenario.name}-{name or 'layout'}"), cluster,
                       Workload(layout.micro_batches, fb_overlap=scenario.problem.workload.fb_overlap))
     lists, phantoms = expand_all(ctx)
     schedule = Schedule.from_lists(lists, name=name or layout.schedule, meta={"generator": "planner.layouts", "tp": tp_mode})
-    per_pass = {}
-    if tp_prices:
-        for device in ctx.simulated:
-            per_pass[device] = 0.0  # filled by the step report from the executed tasks
-    return LayoutRun(scenario, layout, shape, units, problem, schedule, ctx.simulated, phantoms, tp_mode, replicas,
-                     {d: _priced_total(ctx, tp_prices, d) for d in per_pass})
+    priced = {d: _priced_total(ctx, tp_prices, d) for d in ctx.simulated} if tp_prices else {}
+    return LayoutRun(scenario, layout, shape, units, problem, schedule, ctx.simulated, phantoms, tp_mode, replicas, priced)
 
 
 def _priced_total(ctx: Context, tp_prices: Mapping, device: str) -> float:

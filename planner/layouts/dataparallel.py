@@ -25,19 +25,20 @@ pending reduce-scatter, which this does not.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from planner.layouts.context import Context
 from simulator.hybrid import GATHER_BYTES
 from simulator.memory_model import GRAD_BYTES
 from simulator.problem import Task
 from simulator.schedule import CollectiveCall
 
-if TYPE_CHECKING:
-    from planner.layouts.expand import Context
-
 __all__ = ["DDP_BUCKET_BYTES", "bucket_bytes", "comm_stream"]
 
 DDP_BUCKET_BYTES = 25 * 2**20
+#: At most this many simulated transfers for one rank's gradient buckets: a gradient of
+#: 138 GB in 25 MiB buckets over 32 ranks would be 21 M transfers; above the budget the
+#: buckets grow (fewer, larger: only the last one's exposure changes, by its size).
+BUCKET_TRANSFER_BUDGET = 200_000
 
 
 def bucket_bytes(layout) -> float:
@@ -47,13 +48,17 @@ def bucket_bytes(layout) -> float:
     return GRAD_BYTES * max(40e6, 1e6 * layout.dp)
 
 
-def _gathers(ctx: Context, compute: list, device: str) -> dict[int, CollectiveCall]:
-    """ZeRO-3: position in ``compute`` -> the all-gather its task waits for."""
-    out: dict[int, CollectiveCall] = {}
+def _gathers(ctx: Context, compute: list, device: str) -> dict[int, list[CollectiveCall]]:
+    """ZeRO-3: position in ``compute`` of the task during which an all-gather is issued -> that
+    gather. The gather for the ``k``-th task needing one is issued when the ``k−1``-th starts
+    (after the ``k−2``-th has finished and freed its unit), as FSDP's prefetch issues it, so
+    on the comm stream it comes before the reduce-scatter of the unit running meanwhile."""
+    out: dict[int, list[CollectiveCall]] = {}
     if ctx.layout.zero != 3:
         return out
     group = ctx.group("dp-cp", device)
     needing: list[Task] = []
+    issued_at: list[int] = []
     for position, item in enumerate(compute):
         if not isinstance(item, Task) or item.kind == "W":
             continue
@@ -61,9 +66,11 @@ def _gathers(ctx: Context, compute: list, device: str) -> dict[int, CollectiveCa
         if unit.dense_params == 0 or len(group) == 1:
             continue
         after = (needing[-2],) if len(needing) >= 2 else ()
-        out[position] = ctx.call(f"ag.{item.kind}.{unit.name}.{item.mb}", "all_gather", GATHER_BYTES * unit.dense_params,
-                                 group, "comm", after=after, before=(item,))
+        call = ctx.call(f"ag.{item.kind}.{unit.name}.{item.mb}", "all_gather", GATHER_BYTES * unit.dense_params, group, "comm",
+                        after=after, before=(item,))
+        out.setdefault(issued_at[-1] if issued_at else position, []).append(call)
         needing.append(item)
+        issued_at.append(position)
     return out
 
 
@@ -72,7 +79,8 @@ def _unit_index(ctx: Context, op: str) -> int:
     return ctx.unit_index[name]
 
 
-def _grad_calls(ctx: Context, units: list[tuple[int, Task]], device: str, expert: bool, index: int) -> list[CollectiveCall]:
+def _grad_calls(ctx: Context, units: list[tuple[int, Task]], device: str, expert: bool, index: int,
+                cap: float) -> list[CollectiveCall]:
     """Bucket(s) for the gradients of ``units`` (each with its last W task)."""
     layout = ctx.layout
     group = ctx.group("expert-dp" if expert else "dp-cp", device)
@@ -82,25 +90,35 @@ def _grad_calls(ctx: Context, units: list[tuple[int, Task]], device: str, expert
     if size == 0:
         return []
     op = "all_reduce" if layout.zero < 2 else "reduce_scatter"
-    parts = max(1, math.ceil(size / bucket_bytes(layout))) if layout.zero != 3 else 1
+    parts = max(1, math.ceil(size / cap)) if layout.zero != 3 else 1
     after = tuple(task for _, task in units)
     tag = "edp" if expert else "dp"
     return [ctx.call(f"{tag}.grads.{index}.{i}", op, size / parts, group, "comm", after=after) for i in range(parts)]
 
 
 def _buckets(ctx: Context, compute: list, device: str) -> dict[int, list[CollectiveCall]]:
-    """Position of a unit's last W in ``compute`` -> the buckets launched when it is done."""
-    last: dict[int, tuple[int, Task]] = {}
+    """Position of the W that completes a bucket in ``compute`` -> the buckets launched there.
+
+    ZeRO-0/1 reduce once per step, after each unit's last W (DDP's ``no_sync``, Megatron's
+    gradient accumulation into a full buffer); ZeRO-2/3 hold only their gradient shard, so
+    they reduce-scatter every micro-batch (DeepSpeed's micro-step reduction, FSDP without
+    ``no_sync``), a micro-batch's last bucket flushed at its last W."""
+    per_micro_batch = ctx.layout.zero >= 2
+    last: dict[tuple[int, int], tuple[int, Task]] = {}
     for position, item in enumerate(compute):
         if isinstance(item, Task) and item.kind == "W":
-            last[_unit_index(ctx, item.op)] = (position, item)
+            last[_unit_index(ctx, item.op), item.mb if per_micro_batch else 0] = (position, item)
+    flush = {max(p for (_, mb), (p, _) in last.items() if mb == m) for m in {mb for _, mb in last}}
     cap = bucket_bytes(ctx.layout) if ctx.layout.zero != 3 else 0.0
+    n = len(ctx.group("dp-cp", device))
+    total = sum(GRAD_BYTES * ctx.units[u].params for u, _ in last)
+    cap = max(cap, total * 2 * n * n / BUCKET_TRANSFER_BUDGET)
     out: dict[int, list[CollectiveCall]] = {}
     pending: list[tuple[int, Task]] = []
-    for unit, (position, task) in sorted(last.items(), key=lambda kv: kv[1][0]):
+    for (unit, _), (position, task) in sorted(last.items(), key=lambda kv: kv[1][0]):
         pending.append((unit, task))
-        if sum(GRAD_BYTES * ctx.units[u].params for u, _ in pending) >= cap or position == max(p for p, _ in last.values()):
-            out[position] = [c for expert in (False, True) for c in _grad_calls(ctx, pending, device, expert, len(out))]
+        if sum(GRAD_BYTES * ctx.units[u].params for u, _ in pending) >= cap or position in flush:
+            out[position] = [c for expert in (False, True) for c in _grad_calls(ctx, pending, device, expert, len(out), cap)]
             pending = []
     return out
 
@@ -111,7 +129,6 @@ def comm_stream(ctx: Context, compute: list, device: str) -> list[CollectiveCall
     buckets = _buckets(ctx, compute, device) if ctx.layout.dp * ctx.layout.cp > 1 else {}
     out: list[CollectiveCall] = []
     for position in range(len(compute)):
-        if position in gathers:
-            out.append(gathers[position])
+        out += gathers.get(position, [])
         out += buckets.get(position, [])
     return out

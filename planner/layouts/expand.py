@@ -14,92 +14,12 @@ their group, so every member lists the same call; members outside the replayed s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
-
+from planner.layouts.context import Context, Copy
 from planner.layouts.dataparallel import comm_stream
-from simulator.collectives import Collective
-from simulator.hybrid import Unit
-from simulator.layout import Layout
 from simulator.problem import Task
-from simulator.schedule import CollectiveCall, Entry, Schedule
+from simulator.schedule import CollectiveCall, Entry
 
-__all__ = ["Context", "expand_all"]
-
-Copy = tuple[int, int, int]  # (dp replica, tp rank, cp rank)
-
-
-@dataclass
-class Context:
-    """What the expansion reads, and the collective calls it has made so far."""
-
-    layout: Layout
-    units: tuple[Unit, ...]
-    stages: tuple[tuple[int, ...], ...]
-    names: tuple[str, ...]
-    tp_mode: str
-    replicas: int
-    pipeline: Schedule
-    calls: dict[str, CollectiveCall] = field(default_factory=dict)
-
-    @cached_property
-    def copies(self) -> tuple[Copy, ...]:
-        tps = range(self.layout.tp if self.tp_mode != "priced" else 1)
-        return tuple((d, t, c) for d in range(self.replicas) for t in tps for c in range(self.layout.cp))
-
-    @cached_property
-    def unit_index(self) -> dict[str, int]:
-        return {unit.name: i for i, unit in enumerate(self.units)}
-
-    def op_name(self, unit: int, copy: Copy) -> str:
-        name = self.units[unit].name
-        return name if len(self.copies) == 1 else f"{name}@{copy[0]}.{copy[1]}.{copy[2]}"
-
-    @cached_property
-    def pipeline_ranks(self) -> dict[str, int]:
-        """Generator device -> pipeline rank (its index in the cluster)."""
-        return {device: self.names.index(device) for device in self.pipeline.devices}
-
-    @cached_property
-    def stages_on_rank(self) -> dict[int, tuple[int, ...]]:
-        out: dict[int, set[int]] = {}
-        for device, entry in self.pipeline.entries():
-            out.setdefault(self.pipeline_ranks[device], set()).update(int(t.op[1:]) for t in entry.tasks)
-        return {r: tuple(sorted(s)) for r, s in out.items()}
-
-    @cached_property
-    def simulated(self) -> tuple[str, ...]:
-        return tuple(self.device(copy, r) for r in sorted(self.stages_on_rank) for copy in self.copies)
-
-    def device(self, copy: Copy, pp_rank: int) -> str:
-        d, t, c = copy
-        return self.names[self.layout.rank_of(tp=t, cp=c, dp=d, pp=pp_rank)]
-
-    @cached_property
-    def _groups(self) -> dict[str, dict[int, tuple[int, ...]]]:
-        out = {}
-        for token in ("tp", "ep", "dp-cp", "expert-dp"):
-            out[token] = {r: g for g in self.layout.groups(token) for r in g}
-        return out
-
-    def group(self, token: str, device: str) -> tuple[str, ...]:
-        return tuple(self.names[r] for r in self._groups[token][self.names.index(device)])
-
-    def call(self, tag: str, op: str, size: float, group: tuple[str, ...], stream: str, *,
-             after: Sequence[Task] = (), before: Sequence[Task] = ()) -> CollectiveCall:
-        """The named collective (made once; every member's expansion gets the same call)."""
-        name = f"{tag}@{group[0]}"
-        found = self.calls.get(name)
-        if found is None:
-            found = self.calls[name] = CollectiveCall(name, Collective(op, group, size), stream, tuple(after), tuple(before))
-        elif after or before:  # another member's tasks: the call waits for every member's
-            found = self.calls[name] = replace(found, after=found.after + tuple(after), before=found.before + tuple(before))
-        return found
-
-    def final(self, item):
-        """``item`` with a collective call replaced by its final version (every member's tasks)."""
-        return self.calls[item.name] if isinstance(item, CollectiveCall) else item
+__all__ = ["expand_all"]
 
 
 def _unit_collectives(ctx: Context, unit: int, kind: str, mb: int, device: str) -> list[CollectiveCall]:
@@ -109,6 +29,10 @@ def _unit_collectives(ctx: Context, unit: int, kind: str, mb: int, device: str) 
         calls = u.tp_forward if kind == "F" else u.tp_backward
         group = ctx.group("tp", device)
         out += [ctx.call(f"tp.{u.name}.{kind}{i}.{mb}", op, size, group, "compute") for i, (op, size) in enumerate(calls)]
+    calls = u.cp_forward if kind == "F" else u.cp_backward if kind == "B" else ()
+    if calls:
+        group = ctx.group("cp", device)
+        out += [ctx.call(f"cp.{u.name}.{kind}{i}.{mb}", op, size, group, "compute") for i, (op, size) in enumerate(calls)]
     if u.all_to_all and kind in ("F", "B"):
         group = ctx.group("ep", device)
         out += [ctx.call(f"ep.{u.name}.{kind}{i}.{mb}", "all_to_all", size, group, "compute")

@@ -10,10 +10,12 @@ For a scenario with ``N`` devices in nodes of ``k``, global batch ``G`` (the sce
 - ``megatron``: Megatron-LM's recipe: TP inside the node (the largest degree ``<= k``
   dividing heads, KV heads and ffn) with sequence parallelism, PP across nodes when the
   layers split evenly, DP for the rest, distributed optimizer, 1F1B;
+  ``megatron-interleaved`` the same with interleaved 1F1B, 2 virtual stages per rank;
 - ``megatron-moe`` (MoE models): no TP, ``dp = N`` with expert parallelism inside the
   node (the largest degree ``<= k`` dividing the experts), distributed optimizer.
 
-The built-in pipeline schedules run as ``pp = N`` layouts (``dp = 1``) on stages cut by
+Each preset turns on the least activation recomputation that makes every rank fit its GPU
+(per :mod:`simulator.memory_model`). The built-in pipeline schedules run as ``pp = N`` layouts (``dp = 1``) on stages cut by
 cost with :func:`simulator.partition.contiguous_split` (the embedding's cost counted with
 the first layer, the head's with the last).
 """
@@ -21,11 +23,13 @@ the first layer, the head's with the last).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from planner.layouts.build import shape_of
 from simulator.errors import InputError
 from simulator.hybrid import model_units
 from simulator.layout import SCHEDULES, Layout, check_model
+from simulator.memory_model import layout_memory
 from simulator.partition import contiguous_split
 from simulator.scenario import Scenario
 from simulator.shapes import ModelShape
@@ -66,6 +70,13 @@ def _megatron(scenario: Scenario, shape: ModelShape) -> Layout:
                   micro_batch_size=shape.micro_batch_size, global_batch_size=global_batch(scenario, shape))
 
 
+def _megatron_interleaved(scenario: Scenario, shape: ModelShape) -> Layout:
+    base = _megatron(scenario, shape)
+    if base.pp == 1:
+        raise InputError("megatron-interleaved needs pipeline parallelism (more than one node)", field="parallel.pp")
+    return replace(base, schedule="interleaved-1f1b", vpp=2)
+
+
 def _megatron_moe(scenario: Scenario, shape: ModelShape) -> Layout:
     if not shape.experts:
         raise InputError("megatron-moe needs a mixture-of-experts model", field="model.type")
@@ -80,6 +91,7 @@ PRESETS: dict[str, Callable[[Scenario, ModelShape], Layout]] = {
     "zero1": _data(1),
     "fsdp": _data(3),
     "megatron": _megatron,
+    "megatron-interleaved": _megatron_interleaved,
     "megatron-moe": _megatron_moe,
 }
 
@@ -91,7 +103,7 @@ def preset_layouts(scenario: Scenario) -> tuple[dict[str, Layout], dict[str, str
     why: dict[str, str] = {}
     for name, build in PRESETS.items():
         try:
-            out[name] = checked(scenario, shape, build(scenario, shape))
+            out[name] = _fitting(scenario, shape, checked(scenario, shape, build(scenario, shape)))
         except InputError as exc:
             why[name] = exc.message
     return out, why
@@ -103,10 +115,25 @@ def checked(scenario: Scenario, shape: ModelShape, layout: Layout) -> Layout:
     return layout
 
 
+def _fitting(scenario: Scenario, shape: ModelShape, layout: Layout) -> Layout:
+    """``layout`` with the least activation recomputation (none, selective, full) whose ranks fit
+    their GPUs by :func:`simulator.memory_model.layout_memory`, as practitioners turn it on
+    (FSDP's activation checkpointing, Megatron's ``--recompute-granularity``); unchanged
+    when even full recomputation does not fit (the row then says so)."""
+    capacity = min(d.memory_bytes for d in scenario.problem.cluster.devices)
+    for mode in ("none", "selective", "full"):
+        candidate = replace(layout, recompute=mode)
+        if max(m.total for m in layout_memory(shape, candidate)) <= capacity:
+            return candidate
+    return layout
+
+
 def _balanced(scenario: Scenario, shape: ModelShape, stages: int) -> tuple[int, ...]:
     """Layers per stage, cut by each layer's F + B + W (embedding with the first, head with the last)."""
-    units = model_units(scenario.problem.graph, shape, Layout(global_batch_size=1, micro_batch_size=shape.micro_batch_size))
-    cost = [sum(u.flops.values()) for u in units]
+    mbs = shape.micro_batch_size
+    units = model_units(scenario.problem.graph, shape, Layout(global_batch_size=mbs, micro_batch_size=mbs),
+                        scenario.problem.cluster.devices[0])
+    cost = [sum(u.seconds.values()) for u in units]
     weights = cost[1:-1]
     weights[0] += cost[0]
     weights[-1] += cost[-1]

@@ -113,7 +113,7 @@ def _tail(run: LayoutRun, device: str, units: set[str]) -> tuple[float, float]:
             group = next(g for g in layout.groups(token) if rank in g)
             if len(group) > 1 and params:
                 gather += collective_time(Collective("all_gather", tuple(names[r] for r in group), GATHER_BYTES * params), cluster)
-    return optimizer_seconds(shard, cluster.by_name[device].type), gather
+    return optimizer_seconds(shard, cluster.by_name[device]), gather
 
 
 def _units_on(run: LayoutRun) -> dict[str, set[str]]:
