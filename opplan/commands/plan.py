@@ -38,6 +38,10 @@ __all__ = ["plan_command", "progress_printer", "print_plan"]
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the schedule")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON")
+@click.option("--space", type=click.Choice(("auto", "hybrid", "pipeline")), default="auto", show_default=True,
+              help="hybrid: search dp/tp/pp/ep, ZeRO, micro-batch, recompute, schedule (auto: for transformer/moe/two_tower)")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="hybrid: Dask worker processes replaying layouts (0: here)")
+@click.option("--scheduler", metavar="ADDRESS", default=None, help="hybrid: replay on an existing Dask cluster")
 @limit_options
 def plan_command(
     scenario: Path,
@@ -49,8 +53,14 @@ def plan_command(
     output: Path | None,
     trace_path: Path | None,
     json_path: Path | None,
+    space: str = "auto",
+    workers: int = 0,
+    scheduler: str | None = None,
 ) -> None:
-    """Plan SCENARIO with the bi-level MIP; print the certificate and the simulated report."""
+    """Plan SCENARIO with the bi-level MIP (or, for models with layers, the hybrid-space search);
+    print the certificate and the simulated report."""
+    if _hybrid_plan(scenario, space, time_limit, workers, scheduler, output):
+        return
     from planner.bilevel import plan
     from planner.memory import memory_like
 
@@ -79,3 +89,20 @@ def plan_command(
         wrote(write_output(output, json.dumps(schedule_to_dict(result.schedule), indent=1) + "\n", inputs=[scenario],
                            option="--output"))
     write_reports(result.timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario])
+
+
+def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: int, scheduler: str | None,
+                 output: Path | None) -> bool:
+    """Dispatch to :mod:`planner.search` for ``--space hybrid`` or a transformer / moe / two_tower model."""
+    from opplan.commands.plan_hybrid import plan_hybrid
+    from simulator.model_shapes import SHAPES
+
+    if space == "pipeline":
+        return False
+    loaded = load_scenario(scenario)
+    if space == "auto" and str(loaded.model_config.get("type", "")) not in SHAPES:
+        return False
+    check_outputs({"--output": output}, inputs=[scenario])
+    plan_hybrid(loaded, scenario, time_limit=time_limit or loaded.objective.time_limit_s, workers=workers, scheduler=scheduler,
+                output=output, console=Console(width=max(Console().width, 200)))
+    return True

@@ -8,9 +8,9 @@ Time, per pipeline rank ``r`` (every data-parallel replica is the same by symmet
 
     step >= start_r + work_r + reduce_r + optimizer_r + gather_r
 
-- ``work_r``: the rank's micro-batches times its units' F + B + W (FLOPs at the
-  device's achievable GEMM rate, as the replay times them; full recompute adds F inside
-  B) plus each unit's TP all-reduces / reduce-scatters + all-gathers and EP all-to-alls
+- ``work_r``: the rank's micro-batches times its units' F + B + W (the roofline seconds
+  the replay gives each unit, :func:`simulator.hybrid.model_units`; full recompute adds F
+  inside B) plus each unit's TP all-reduces / reduce-scatters + all-gathers and EP all-to-alls
   priced on an idle cluster by :func:`simulator.collectives.collective_time` — they run
   on the compute stream, and contention only makes them slower. DualPipe's two
   directions share the micro-batches (``m / 2`` per held stage); with ``fb_overlap`` a
@@ -78,11 +78,10 @@ class LayoutCosts:
     @cached_property
     def passes(self) -> tuple[dict[str, float], ...]:
         """Per unit: seconds of F, B, W including its TP and EP collectives (compute stream)."""
-        eff = self.cluster.devices[0].effective_flops
         cache: dict[tuple[str, str, float], float] = {}
         out = []
         for u in self.units:
-            t = {k: u.flops[k] / eff for k in ("F", "B", "W")}
+            t = {k: u.seconds[k] for k in ("F", "B", "W")}
             calls = [("F", op, "tp", s) for op, s in u.tp_forward] + [("B", op, "tp", s) for op, s in u.tp_backward]
             calls += [("F" if i < 2 else "B", "all_to_all", "ep", s) for i, s in enumerate(u.all_to_all)]
             for kind, op, token, size in calls:
@@ -109,7 +108,7 @@ def _tail(costs: LayoutCosts, held: set[int]) -> float:
     dense = sum(costs.units[u].dense_params for u in held)
     expert = sum(costs.units[u].expert_params for u in held)
     shard = dense / (layout.dp * layout.cp) + expert / layout.expert_dp if layout.zero >= 1 else dense + expert
-    tail = optimizer_seconds(shard, costs.cluster.devices[0].type)
+    tail = optimizer_seconds(shard, costs.cluster.devices[0])
     if layout.zero in (1, 2):
         tail += costs._price("all_gather", "dp-cp", GATHER_BYTES * dense) + costs._price("all_gather", "expert-dp", GATHER_BYTES * expert)
     return tail

@@ -66,7 +66,7 @@ class SearchContext:
         found = self._costs.get(key)
         if found is None:
             scenario = self.scenario_for(layout)
-            units = model_units(scenario.problem.graph, self.shape_for(layout), layout)
+            units = model_units(scenario.problem.graph, self.shape_for(layout), layout, scenario.problem.cluster.devices[0])
             found = self._costs[key] = LayoutCosts(units, layout, scenario.problem.cluster)
         return found
 

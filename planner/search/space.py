@@ -9,8 +9,8 @@ the simulator rejects is ever proposed.
 
 Kept out on purpose:
 
-- ``cp > 1``: the replay (:mod:`planner.layouts`) divides a rank's work by ``cp`` but does
-  not yet price ring attention's KV exchange, so a search would exploit the gap;
+- ``cp > 1``: the replay prices ring attention's KV exchange, but the lower bounds of
+  :mod:`planner.search.bounds` do not yet, so they would not be bounds;
 - TP beyond one node (Megatron's advice, and the replay's TP groups assume NVLink);
 - micro-batch sizes above 4 (the activations grow linearly and the roofline's GEMM rate
   does not improve with the batch).

@@ -1,0 +1,62 @@
+"""``opplan plan`` on models with layers: the search over the hybrid space
+(:mod:`planner.search`), printed with what was enumerated, pruned, cut by MIP and
+replayed, the certificate, and the plan as Megatron-LM arguments and a ``parallel:`` block."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+
+from opplan.commands.common import wrote
+from opplan.output import write_output
+from planner.layouts.build import shape_of
+from planner.layouts.compare import render_layout_rows
+from planner.search.launch import deepspeed_config, megatron_arguments, parallel_block
+from planner.search.search import SearchResult, search_layouts
+from simulator.errors import InputError
+from simulator.scenario import Scenario
+
+__all__ = ["plan_hybrid", "print_search"]
+
+
+def print_search(result: SearchResult, console: Console) -> None:
+    """What the search did, and its certificate."""
+    say = lambda line: console.print(line, highlight=False)  # noqa: E731
+    say(f"enumerated {result.enumerated} layouts (degrees, ZeRO, micro-batch, recompute, schedule: enumeration);"
+        f" {result.pruned_memory} discarded by the memory lower bound, {result.pruned_time} by the step-time lower bound")
+    say(f"stage cuts: {result.mip_cuts} solved as MIPs (CVXPY + HiGHS), {result.mip_improved} better than the even cut")
+    say(f"replayed {len(result.replayed)} layouts in the simulator ({sum(r.feasible for r in result.replayed)} within memory)"
+        f" in {result.seconds:.1f} s")
+    if result.best is None:
+        return
+    step = result.best.result.step
+    if result.certified:
+        say(f"certificate: every layout not replayed has a step-time lower bound >= {step * 1e3:.1f} ms: the plan is optimal"
+            " over the searched space (in this simulator)")
+    else:
+        say(f"time limit reached: lower bound over the space {result.lower_bound * 1e3:.1f} ms, gap {100 * result.gap:.2f}%")
+
+
+def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, workers: int, scheduler: str | None,
+                output: Path | None, console: Console) -> None:
+    """Search, print the report and the launch arguments; ``-o`` writes the plan as JSON."""
+    result = search_layouts(scenario, time_limit=time_limit, workers=workers, scheduler=scheduler,
+                            log=lambda line: console.print(line, highlight=False))
+    print_search(result, console)
+    if result.best is None:
+        raise InputError("no layout fits: every layout of the space is over memory or refused by the replay",
+                         file=scenario.file or None, field="parallel")
+    best = result.best
+    render_layout_rows([best.result], title=f"{scenario.name}: planned layout", console=console)
+    layers = len(shape_of(scenario).layers)
+    console.print("Megatron-LM (a starting point to check on the cluster):", highlight=False)
+    console.print("  " + " \\\n  ".join(megatron_arguments(best.layout, layers)), highlight=False, markup=False)
+    console.print(parallel_block(best.layout), highlight=False, markup=False)
+    document = {"layout": asdict(best.layout), "step_s": best.result.step,
+                "lower_bound_s": result.lower_bound, "certified": result.certified, "deepspeed": deepspeed_config(best.layout),
+                "megatron": megatron_arguments(best.layout, layers)}
+    if output is not None:
+        wrote(write_output(output, json.dumps(document, indent=1, default=str) + "\n", inputs=[scenario_path], option="--output"))
