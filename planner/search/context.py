@@ -48,7 +48,7 @@ class SearchContext:
         self.shape = shape_of(self.scenario)
         devices = self.scenario.problem.cluster.devices
         per_node = sum(1 for d in devices if d.node == devices[0].node)
-        self.space = Space(len(devices), per_node, global_batch(self.scenario, self.shape))
+        self.space = Space(len(devices), per_node, global_batch(self.scenario, self.shape), self.shape.micro_batch_size)
         self.capacity = min(d.memory_bytes for d in devices)
 
     def scenario_for(self, layout: Layout) -> Scenario:

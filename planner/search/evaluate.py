@@ -9,6 +9,8 @@ and rebuilds the model at the layout's micro-batch size
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
@@ -20,7 +22,7 @@ from simulator.errors import InputError
 from simulator.layout import Layout
 from simulator.scenario import Scenario, load_scenario
 
-__all__ = ["Evaluator", "evaluator", "replay_layout"]
+__all__ = ["OUT_OF_TIME", "Evaluator", "evaluator", "replay_layout"]
 
 
 @lru_cache(maxsize=4)
@@ -35,6 +37,34 @@ def replay_layout(scenario: Scenario | str, layout: Layout) -> StepResult | str:
         return simulate_layout(with_micro_batch_size(loaded, layout.micro_batch_size), layout)
     except InputError as exc:
         return exc.message
+
+
+#: What a replay cut short by the time limit returns.
+OUT_OF_TIME = "stopped at the time limit"
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _raise(signum, frame) -> None:
+    raise _OutOfTime
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Interrupt the replay after ``seconds`` (SIGALRM; only in the main thread of a Unix process —
+    elsewhere the replay runs to its end)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class Evaluator(Protocol):
@@ -52,7 +82,11 @@ class _Serial:
 
     def done(self, timeout: float) -> list[tuple[int, StepResult | str]]:
         key, layout = self.queue.pop(0)
-        return [(key, replay_layout(self.scenario, layout))]
+        with _alarm(timeout):
+            try:
+                return [(key, replay_layout(self.scenario, layout))]
+            except _OutOfTime:
+                return [(key, OUT_OF_TIME)]
 
     def pending(self) -> int:
         return len(self.queue)

@@ -25,7 +25,7 @@ from planner.layouts.step import StepResult
 from planner.search.bounds import Bound
 from planner.search.context import SearchContext
 from planner.search.cuts import MIP_SCHEDULES, balanced_cut, max_stage_seconds
-from planner.search.evaluate import Evaluator, evaluator
+from planner.search.evaluate import OUT_OF_TIME, Evaluator, evaluator
 from planner.search.space import enumerate_layouts
 from simulator.layout import Layout
 from simulator.scenario import Scenario
@@ -78,11 +78,15 @@ class _State:
     heap: list = field(default_factory=list)
     pending: dict = field(default_factory=dict)
     counter: int = 0
-    rate: float = 0.0  # worst replay seconds per unit task seen (serial time guard)
+    rate: float = 0.0  # least replay seconds per unit task seen (serial time guard)
+    skipped: list = field(default_factory=list)
+    incomplete: bool = False
 
     def push(self, bound: Bound, layout: Layout, cut_done: bool) -> None:
+        """Into the heap by bound; among equal bounds the cheaper replay first."""
         self.counter += 1
-        heapq.heappush(self.heap, (bound.time, self.counter, layout, bound, cut_done))
+        size = _size(layout, len(self.ctx.shape.layers) + 2)
+        heapq.heappush(self.heap, (bound.time, size, self.counter, layout, bound, cut_done))
 
     @property
     def best_step(self) -> float:
@@ -94,6 +98,9 @@ def _seed(state: _State) -> None:
     """Enumerate and bound every layout; discard those over memory."""
     ctx = state.ctx
     for layout in enumerate_layouts(ctx.space, ctx.shape):
+        if state.out.enumerated % 64 == 0 and time.monotonic() > state.deadline:
+            state.out.timed_out = state.incomplete = True  # the layouts not enumerated have no bound
+            return
         state.out.enumerated += 1
         bound = ctx.bound(layout)
         if bound.memory > ctx.capacity:
@@ -130,13 +137,13 @@ def _dispatch(state: _State, ev: Evaluator, slots: int, serial: bool) -> None:
     """Submit the best-bounded layouts while slots are free and their bound can still win."""
     units = len(state.ctx.shape.layers) + 2
     while state.heap and ev.pending() < slots and state.heap[0][0] < state.best_step:
-        _, _, layout, bound, cut_done = heapq.heappop(state.heap)
+        _, _, _, layout, bound, cut_done = heapq.heappop(state.heap)
         if not cut_done:
             _refine(state, layout)
             continue
         if serial and state.rate and time.monotonic() + state.rate * _size(layout, units) > state.deadline:
-            heapq.heappush(state.heap, (bound.time, -1, layout, bound, True))
-            return
+            state.skipped.append(bound.time)  # would not finish in time: never replayed, its bound still counts
+            continue
         state.counter += 1
         state.pending[state.counter] = (layout, bound, time.monotonic())
         ev.submit(state.counter, layout)
@@ -146,7 +153,12 @@ def _collect(state: _State, finished: list) -> None:
     units = len(state.ctx.shape.layers) + 2
     for key, result in finished:
         layout, bound, started = state.pending.pop(key)
-        state.rate = max(state.rate, (time.monotonic() - started) / _size(layout, units))
+        if result == OUT_OF_TIME:
+            state.out.timed_out = True
+            state.skipped.append(bound.time)
+            continue
+        rate = (time.monotonic() - started) / _size(layout, units)
+        state.rate = min(state.rate, rate) if state.rate else rate
         item = Replayed(layout, bound, result if not isinstance(result, str) else None, result if isinstance(result, str) else "")
         state.out.replayed.append(item)
         if item.feasible and item.result.step < state.best_step:
@@ -155,8 +167,8 @@ def _collect(state: _State, finished: list) -> None:
 
 def _finish(state: _State, started: float) -> SearchResult:
     out = state.out
-    left = [entry[0] for entry in state.heap] + [bound.time for _, bound, _ in state.pending.values()]
-    out.lower_bound = min([state.best_step, *left])
+    left = [entry[0] for entry in state.heap] + [bound.time for _, bound, _ in state.pending.values()] + state.skipped
+    out.lower_bound = 0.0 if state.incomplete else min([state.best_step, *left])
     out.certified = not out.timed_out and out.best is not None and out.lower_bound >= state.best_step * (1 - 1e-12)
     out.pruned_time = sum(1 for t in left if t >= state.best_step)
     out.seconds = time.monotonic() - started
@@ -184,5 +196,5 @@ def search_layouts(scenario: Scenario, *, time_limit: float = 60.0, workers: int
                 state.out.timed_out = True
                 break
             _collect(state, ev.done(remaining))
-    state.out.timed_out = state.out.timed_out or bool(state.heap and state.heap[0][0] < state.best_step)
+    state.out.timed_out = state.out.timed_out or bool(state.heap and state.heap[0][0] < state.best_step) or bool(state.skipped)
     return _finish(state, started)

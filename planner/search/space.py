@@ -12,8 +12,8 @@ Kept out on purpose:
 - ``cp > 1``: the replay prices ring attention's KV exchange, but the lower bounds of
   :mod:`planner.search.bounds` do not yet, so they would not be bounds;
 - TP beyond one node (Megatron's advice, and the replay's TP groups assume NVLink);
-- micro-batch sizes above 4 (the activations grow linearly and the roofline's GEMM rate
-  does not improve with the batch).
+- micro-batch sizes other than the model's own ``b`` times 1/4, 1/2, 1, 2, 4 (activations
+  grow linearly with it; the roofline's rate changes little).
 
 Stage cuts are left even here; :mod:`planner.search.cuts` balances them per candidate.
 """
@@ -30,7 +30,8 @@ from simulator.yamlio import Section
 
 __all__ = ["Space", "enumerate_layouts", "divisors", "MICRO_BATCH_SIZES", "RECOMPUTE", "PIPELINE_SCHEDULES"]
 
-MICRO_BATCH_SIZES = (1, 2, 4)
+#: Micro-batch sizes tried, as multiples of the model's own.
+MICRO_BATCH_SIZES = (0.25, 0.5, 1, 2, 4)
 RECOMPUTE = ("none", "selective", "full")
 #: Pipeline schedules with their virtual stages per rank.
 PIPELINE_SCHEDULES = (("1f1b", 1), ("interleaved-1f1b", 2), ("zb-h1", 1), ("zb-h2", 1), ("dualpipe", 1), ("dualpipev", 1))
@@ -43,6 +44,13 @@ class Space:
     devices: int
     per_node: int
     global_batch: int
+    #: The model's own micro-batch size (the sizes tried are multiples of it).
+    micro_batch: int = 1
+
+    @property
+    def micro_batch_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted({int(self.micro_batch * f) for f in MICRO_BATCH_SIZES if self.micro_batch * f >= 1
+                             and float(self.micro_batch * f).is_integer()}))
 
 
 def divisors(n: int) -> list[int]:
@@ -89,7 +97,7 @@ def enumerate_layouts(space: Space, shape: ModelShape) -> Iterator[Layout]:
     for tp, pp, ep in _degrees(space, shape):
         dp = space.devices // (tp * pp)
         for schedule, vpp in _schedules(pp, len(shape.layers)):
-            for mbs in MICRO_BATCH_SIZES:
+            for mbs in space.micro_batch_sizes:
                 if space.global_batch % (dp * mbs):
                     continue
                 for zero in range(4):
