@@ -105,3 +105,44 @@ def test_the_time_limit_is_honoured_within_ten_percent():
     found = search_layouts(scenario, time_limit=2.0)
     assert time.monotonic() - started <= 2.2
     assert found.best is None or found.best.feasible
+
+
+def _write(tmp_path, doc) -> str:
+    """``doc`` on 2 devices and 2 layers (the command-line tests check wiring, not search)."""
+    import yaml
+    doc = copy.deepcopy(doc)
+    doc["model"]["layers"] = 2
+    doc["cluster"]["devices"] = 2
+    doc["parallel"] = {"dp": 2, "global_batch_size": 8}
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def capsys_text(capfd) -> str:
+    captured = capfd.readouterr()
+    return captured.out + captured.err
+
+
+def test_opplan_plan_prints_megatron_arguments_and_a_parallel_block(tmp_path, capfd):
+    from opplan.cli import main
+    path = _write(tmp_path, SMALL)
+    out = tmp_path / "plan.json"
+    assert main(["plan", path, "--time-limit", "20", "-o", str(out)]) == 0
+    printed = capsys_text(capfd)
+    assert "--tensor-model-parallel-size" in printed and "--global-batch-size 8" in printed
+    assert "parallel:" in printed and "certificate" in printed
+    import json
+    document = json.loads(out.read_text())
+    assert document["certified"] and document["deepspeed"]["train_batch_size"] == 8
+
+
+def test_opplan_compare_plan_adds_the_plan_as_a_row_no_slower_than_the_presets(tmp_path):
+    from opplan.cli import main
+    path = _write(tmp_path, SMALL)
+    out = tmp_path / "rows.json"
+    assert main(["compare", path, "--plan", "--time-limit", "20", "--json", str(out)]) == 0
+    import json
+    rows = {row["name"]: row for row in json.loads(out.read_text())}
+    valid = [row["step"] for name, row in rows.items() if not row["note"] and name != "opplan plan"]
+    assert rows["opplan plan"]["step"] <= min(valid) * (1 + 1e-9)

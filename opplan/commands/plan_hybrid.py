@@ -5,7 +5,7 @@ replayed, the certificate, and the plan as Megatron-LM arguments and a ``paralle
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -14,12 +14,13 @@ from opplan.commands.common import wrote
 from opplan.output import write_output
 from planner.layouts.build import shape_of
 from planner.layouts.compare import render_layout_rows
+from planner.layouts.step import StepResult
 from planner.search.launch import deepspeed_config, megatron_arguments, parallel_block
 from planner.search.search import SearchResult, search_layouts
 from simulator.errors import InputError
 from simulator.scenario import Scenario
 
-__all__ = ["plan_hybrid", "print_search"]
+__all__ = ["plan_hybrid", "print_search", "searched_row"]
 
 
 def print_search(result: SearchResult, console: Console) -> None:
@@ -38,6 +39,16 @@ def print_search(result: SearchResult, console: Console) -> None:
             " over the searched space (in this simulator)")
     else:
         say(f"time limit reached: lower bound over the space {result.lower_bound * 1e3:.1f} ms, gap {100 * result.gap:.2f}%")
+
+
+def searched_row(scenario: Scenario, time_limit: float, console: Console) -> StepResult:
+    """The search's plan as a row of ``opplan compare`` (named ``opplan plan``)."""
+    result = search_layouts(scenario, time_limit=time_limit)
+    print_search(result, console)
+    if result.best is None:
+        raise InputError("no layout fits: every layout of the space is over memory or refused by the replay",
+                         file=scenario.file or None, field="parallel")
+    return replace(result.best.result, name="opplan plan")
 
 
 def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, workers: int, scheduler: str | None,

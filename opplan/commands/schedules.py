@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 
 from opplan.commands.common import FiniteFloat, limit_options, scenario_argument, wrote
+from opplan.commands.plan_hybrid import searched_row
 from opplan.output import check_outputs, write_output
 from opplan.planning import planned_schedule
 from planner.layouts.compare import layout_rows, render_layout_rows, rows_to_dicts
@@ -88,8 +89,11 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
     files = _parse_with(extra)
     check_outputs({"--json": json_path}, inputs=[scenario, *files.values()])
     loaded = load_scenario(scenario)
-    if str(loaded.model_config.get("type", "")) in SHAPES and not (extra or with_plan):
-        _compare_layouts(loaded, scenario, json_path)
+    if str(loaded.model_config.get("type", "")) in SHAPES and not extra:
+        if plan_memory_like is not None:
+            raise InputError("--plan-memory-like applies to pipeline graphs; layouts are held to the device memory",
+                             field="--plan-memory-like")
+        _compare_layouts(loaded, scenario, json_path, plan_time=time_limit or loaded.objective.time_limit_s if with_plan else None)
         return
     schedules = {label: load_schedule(path) for label, path in files.items()}
     for label, path in files.items():
@@ -113,10 +117,13 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
         wrote(write_output(json_path, text, inputs=[scenario, *files.values()], option="--json"))
 
 
-def _compare_layouts(loaded, scenario: Path, json_path: Path | None) -> None:
+def _compare_layouts(loaded, scenario: Path, json_path: Path | None, plan_time: float | None = None) -> None:
     """Models with layers: the scenario's layout, the practitioner presets and the built-in
-    pipeline schedules, each replayed as a layout for one training step (planner.layouts)."""
+    pipeline schedules, each replayed as a layout for one training step (planner.layouts);
+    with ``plan_time``, also the hybrid-space search's plan (planner.search) as a row."""
     rows, unavailable = layout_rows(loaded)
+    if plan_time is not None:
+        rows.append(searched_row(loaded, plan_time, Console(width=max(Console().width, 200))))
     p = loaded.problem
     render_layout_rows(rows, unavailable, title=f"{loaded.name}: one training step per layout, {len(p.cluster.devices)} devices")
     if json_path is not None:

@@ -113,7 +113,10 @@ def _refine(state: _State, layout: Layout) -> None:
     """Cut ``layout``'s stages by MIP; keep the MIP's cut when its slowest stage beats the even cut's."""
     ctx = state.ctx
     costs = ctx.costs(layout)
-    remaining = max(1.0, min(5.0, state.deadline - time.monotonic()))
+    remaining = min(5.0, state.deadline - time.monotonic())
+    if remaining < 0.5:  # no time for a MIP: the even cut stays
+        state.push(ctx.bound(layout), layout, cut_done=True)
+        return
     cut = balanced_cut(costs, layout, ctx.capacity, time_limit=remaining)
     state.out.mip_cuts += 1
     even = max_stage_seconds(costs, layout.stage_layers)
@@ -136,7 +139,7 @@ def _size(layout: Layout, units: int) -> float:
 def _dispatch(state: _State, ev: Evaluator, slots: int, serial: bool) -> None:
     """Submit the best-bounded layouts while slots are free and their bound can still win."""
     units = len(state.ctx.shape.layers) + 2
-    while state.heap and ev.pending() < slots and state.heap[0][0] < state.best_step:
+    while state.heap and ev.pending() < slots and state.heap[0][0] < state.best_step and time.monotonic() < state.deadline:
         _, _, _, layout, bound, cut_done = heapq.heappop(state.heap)
         if not cut_done:
             _refine(state, layout)
