@@ -27,12 +27,14 @@ Time, per pipeline rank ``r`` (every data-parallel replica is the same by symmet
   (:mod:`planner.layouts.step`), computed the same way.
 
 Memory, per rank: the model states and buffers of :func:`simulator.memory_model.rank_memory`
-(the replay's static memory) plus one micro-batch's activations of the lightest stage the
-rank holds (held from the end of that stage's F until its B).
+(the replay's static memory) plus the activations of every F the rank's schedule lists
+before its first B (:mod:`planner.search.inflight`: none of them can have been freed
+yet), and at least one micro-batch of its lightest stage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -43,7 +45,7 @@ from simulator.layout import Layout
 from simulator.memory_model import GRAD_BYTES, rank_memory
 from simulator.shapes import ModelShape
 
-__all__ = ["Bound", "LayoutCosts", "layout_bound"]
+__all__ = ["Bound", "LayoutCosts", "layout_bound", "static_bytes"]
 
 
 @dataclass(frozen=True)
@@ -71,23 +73,28 @@ class LayoutCosts:
         names = self.cluster.device_names
         return tuple(names[r] for r in self.layout.groups(token)[0])
 
+    @cached_property
+    def _prices(self) -> dict[tuple[str, str, float], float]:
+        return {}
+
     def _price(self, op: str, token: str, size: float) -> float:
-        group = self._group(token)
-        return collective_time(Collective(op, group, size), self.cluster) if len(group) > 1 and size > 0 else 0.0
+        """Idle-cluster seconds of ``op`` over the first ``token`` group (memoised: layers repeat)."""
+        key = (op, token, size)
+        if key not in self._prices:
+            group = self._group(token)
+            self._prices[key] = collective_time(Collective(op, group, size), self.cluster) if len(group) > 1 and size > 0 else 0.0
+        return self._prices[key]
 
     @cached_property
     def passes(self) -> tuple[dict[str, float], ...]:
         """Per unit: seconds of F, B, W including its TP and EP collectives (compute stream)."""
-        cache: dict[tuple[str, str, float], float] = {}
         out = []
         for u in self.units:
             t = {k: u.seconds[k] for k in ("F", "B", "W")}
             calls = [("F", op, "tp", s) for op, s in u.tp_forward] + [("B", op, "tp", s) for op, s in u.tp_backward]
             calls += [("F" if i < 2 else "B", "all_to_all", "ep", s) for i, s in enumerate(u.all_to_all)]
             for kind, op, token, size in calls:
-                if (op, token, size) not in cache:
-                    cache[op, token, size] = self._price(op, token, size)
-                t[kind] += cache[op, token, size]
+                t[kind] += self._price(op, token, size)
             out.append(t)
         return tuple(out)
 
@@ -99,7 +106,10 @@ class LayoutCosts:
 
 
 def _stage_time(costs: LayoutCosts, units: tuple[int, ...], kind: str) -> float:
-    return sum(costs.passes[u][kind] for u in units)
+    cache = costs.__dict__.setdefault("_stage_cache", {})
+    if (units, kind) not in cache:
+        cache[units, kind] = sum(costs.passes[u][kind] for u in units)
+    return cache[units, kind]
 
 
 def _tail(costs: LayoutCosts, held: set[int]) -> float:
@@ -129,15 +139,31 @@ def _rank_time(costs: LayoutCosts, layout: Layout, stages: tuple[tuple[int, ...]
     return start + work + reduce + tail, work, start, reduce, tail
 
 
-def layout_bound(costs: LayoutCosts, layout: Layout, shape: ModelShape, *, fb_overlap: float = 0.0) -> Bound:
+def _memory(costs: LayoutCosts, layout: Layout, shape: ModelShape, stages, held_f: Mapping[int, Mapping[int, int]],
+            states: Callable[[int], float]) -> float:
+    """Per-rank peak lower bound: static states + the activations of the Fs before the first B."""
+    memory = 0.0
+    for r in range(layout.pp):
+        chunk = {s: sum(costs.units[u].activation_bytes for u in stages[s]) for s in layout.stages_of(r)}
+        counted = sum(n * chunk.get(s, 0.0) for s, n in held_f.get(r, {}).items())
+        memory = max(memory, states(r) + max(counted, min(chunk.values())))
+    return memory
+
+
+def layout_bound(costs: LayoutCosts, layout: Layout, shape: ModelShape, *, fb_overlap: float = 0.0,
+                 held_f: Mapping[int, Mapping[int, int]] | None = None, states: Callable[[int], float] | None = None) -> Bound:
     """Lower bounds of ``layout``'s step time and peak per-rank memory (``costs``: its units,
     from any layout with the same degrees, ZeRO stage, recompute and micro-batch size)."""
     stages = stage_units(layout, len(shape.layers))
     ranks = [_rank_time(costs, layout, stages, r, fb_overlap) for r in range(layout.pp)]
     total, compute, bubble, comm, tail = max(ranks)
-    memory = 0.0
-    for r in range(layout.pp):
-        states = rank_memory(shape, layout, layout.rank_of(pp=r))
-        lightest = min(sum(costs.units[u].activation_bytes for u in stages[s]) for s in layout.stages_of(r))
-        memory = max(memory, states.total - states.activations + lightest)
+    if states is None:
+        states = lambda r: static_bytes(shape, layout, r)  # noqa: E731
+    memory = _memory(costs, layout, shape, stages, held_f or {}, states)
     return Bound(time=total, memory=memory, compute=compute, bubble=bubble, communication=comm, tail=tail)
+
+
+def static_bytes(shape: ModelShape, layout: Layout, pp_rank: int) -> float:
+    """Model states and buffers of pipeline rank ``pp_rank`` (the replay's static memory)."""
+    memory = rank_memory(shape, layout, layout.rank_of(pp=pp_rank))
+    return memory.total - memory.activations

@@ -4,12 +4,14 @@ layout that differs only in schedule or stage cut)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from planner.layouts.build import shape_of
 from planner.layouts.presets import global_batch
-from planner.search.bounds import Bound, LayoutCosts, layout_bound
+from planner.search.bounds import Bound, LayoutCosts, layout_bound, static_bytes
+from planner.search.inflight import forwards_before_first_backward
 from planner.search.space import Space
 from simulator.hybrid import model_units
 from simulator.layout import Layout
@@ -43,6 +45,11 @@ class SearchContext:
     capacity: float = field(init=False)
     _scenarios: dict[int, Scenario] = field(default_factory=dict, init=False, repr=False)
     _costs: dict[tuple, LayoutCosts] = field(default_factory=dict, init=False, repr=False)
+    _units: dict[tuple, tuple] = field(default_factory=dict, init=False, repr=False)
+    _passes: dict[tuple, LayoutCosts] = field(default_factory=dict, init=False, repr=False)
+    _shapes: dict[int, ModelShape] = field(default_factory=dict, init=False, repr=False)
+    _held: dict[tuple, dict] = field(default_factory=dict, init=False, repr=False)
+    _static: dict[tuple, float] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.shape = shape_of(self.scenario)
@@ -58,17 +65,48 @@ class SearchContext:
         return self._scenarios[size]
 
     def shape_for(self, layout: Layout) -> ModelShape:
-        return shape_of(self.scenario_for(layout))
+        size = layout.micro_batch_size
+        if size not in self._shapes:
+            self._shapes[size] = shape_of(self.scenario_for(layout))
+        return self._shapes[size]
 
     def costs(self, layout: Layout) -> LayoutCosts:
-        key = (layout.micro_batch_size, layout.tp, layout.sequence_parallel, layout.ep, layout.dp, layout.cp, layout.zero,
-               layout.recompute, layout.recompute_ranges, layout.order)
+        """Unit costs for ``layout``: units shared by every layout with the same per-rank split,
+        collective prices by those with the same groups too."""
+        split = (layout.micro_batch_size, layout.tp, layout.sequence_parallel, layout.ep, layout.cp, layout.recompute,
+                 layout.recompute_ranges, layout.order)
+        key = (*split, layout.dp, layout.zero)
         found = self._costs.get(key)
         if found is None:
             scenario = self.scenario_for(layout)
-            units = model_units(scenario.problem.graph, self.shape_for(layout), layout, scenario.problem.cluster.devices[0])
-            found = self._costs[key] = LayoutCosts(units, layout, scenario.problem.cluster)
+            if split not in self._units:
+                self._units[split] = model_units(scenario.problem.graph, self.shape_for(layout), layout,
+                                                 scenario.problem.cluster.devices[0])
+            found = self._costs[key] = LayoutCosts(self._units[split], layout, scenario.problem.cluster)
+            shared = self._passes.setdefault(split, found)
+            if shared is not found:  # same units and TP / EP groups: reuse the priced passes
+                found.__dict__["passes"] = shared.passes
         return found
 
+    def held_forwards(self, layout: Layout) -> dict:
+        key = (layout.schedule, layout.pp, layout.vpp, layout.micro_batches)
+        if key not in self._held:
+            self._held[key] = forwards_before_first_backward(self.scenario, layout)
+        return self._held[key]
+
+    def static(self, layout: Layout) -> Callable[[int], float]:
+        """Pipeline rank -> static bytes, cached over layouts that hold the same layers with the same states."""
+        shape = self.shape_for(layout)
+
+        def states(r: int) -> float:
+            key = (layout.micro_batch_size, layout.tp, layout.sequence_parallel, layout.ep, layout.dp, layout.cp, layout.zero,
+                   layout.recompute, layout.recompute_ranges, layout.stage_layer_ranges(len(shape.layers)), layout.stages_of(r),
+                   layout.stages)
+            if key not in self._static:
+                self._static[key] = static_bytes(shape, layout, r)
+            return self._static[key]
+        return states
+
     def bound(self, layout: Layout) -> Bound:
-        return layout_bound(self.costs(layout), layout, self.shape_for(layout), fb_overlap=self.scenario.problem.workload.fb_overlap)
+        return layout_bound(self.costs(layout), layout, self.shape_for(layout), fb_overlap=self.scenario.problem.workload.fb_overlap,
+                            held_f=self.held_forwards(layout), states=self.static(layout))
