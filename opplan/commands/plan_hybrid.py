@@ -27,7 +27,8 @@ def print_search(result: SearchResult, console: Console) -> None:
     """What the search did, and its certificate."""
     say = lambda line: console.print(line, highlight=False)  # noqa: E731
     say(f"enumerated {result.enumerated} layouts (degrees, ZeRO, micro-batch, recompute, schedule: enumeration);"
-        f" {result.pruned_memory} discarded by the memory lower bound, {result.pruned_time} by the step-time lower bound")
+        f" {result.duplicates} the same as another in the replay, {result.pruned_memory} discarded by the memory lower"
+        f" bound, {result.pruned_time} by the step-time lower bound")
     say(f"stage cuts: {result.mip_cuts} solved as MIPs (CVXPY + HiGHS), {result.mip_improved} better than the even cut")
     say(f"replayed {len(result.replayed)} layouts in the simulator ({sum(r.feasible for r in result.replayed)} within memory)"
         f" in {result.seconds:.1f} s")

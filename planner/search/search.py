@@ -50,6 +50,8 @@ class SearchResult:
     """What the search saw, did and found."""
 
     enumerated: int = 0
+    #: Layouts identical to another in the replay (selective recompute with nothing to recompute).
+    duplicates: int = 0
     pruned_memory: int = 0
     pruned_time: int = 0
     mip_cuts: int = 0
@@ -102,6 +104,9 @@ def _seed(state: _State) -> None:
             state.out.timed_out = state.incomplete = True  # the layouts not enumerated have no bound
             return
         state.out.enumerated += 1
+        if layout.recompute == "selective" and ctx.costs(layout).units == ctx.costs(replace(layout, recompute="none")).units:
+            state.out.duplicates += 1  # flash attention stores no scores: selective = none, replayed once
+            continue
         bound = ctx.bound(layout)
         if bound.memory > ctx.capacity:
             state.out.pruned_memory += 1
