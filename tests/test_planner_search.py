@@ -147,3 +147,13 @@ def test_opplan_compare_plan_adds_the_plan_as_a_row_no_slower_than_the_presets(t
     rows = {row["name"]: row for row in json.loads(out.read_text())}
     valid = [row["step"] for name, row in rows.items() if not row["note"] and name != "opplan plan"]
     assert rows["opplan plan"]["step"] <= min(valid) * (1 + 1e-9)
+
+
+def test_dask_workers_find_the_same_plan_as_the_serial_search(tmp_path, found):
+    """Replays on an embedded Dask cluster of worker processes (``--workers 1``): same plan, same certificate."""
+    path = _write(tmp_path, SMALL)
+    scenario = scenario_from_dict(copy.deepcopy(SMALL), path)  # the 4-device model, read by the workers from its file
+    (tmp_path / "small.yaml").write_text(__import__("yaml").safe_dump(SMALL))
+    distributed = search_layouts(scenario, time_limit=60, workers=1)
+    assert distributed.certified
+    assert distributed.best.result.step == pytest.approx(found.best.result.step, rel=1e-12)
