@@ -213,3 +213,18 @@ def test_expert_parallel_all_to_alls_move_the_dispatch_bytes_over_the_ep_group()
     executed = [e for e in _executed(timeline, "gpu0") if e.entry.collective in calls]
     route = scenario.problem.cluster.route("gpu0", "gpu1")
     assert executed[0].end - executed[0].start == pytest.approx(route.latency + 128 * 2 * 256 * 2 / 2 / route.bandwidth)
+
+
+def test_zero3_issues_the_next_gather_before_the_current_units_reduce_scatter():
+    """FSDP's backward prefetch: the gather for B of L0 is issued when B of L1 starts, so on
+    the comm stream it runs before L1's reduce-scatter (which waits for L1's W), not after."""
+    scenario = _scenario({"hidden": 2048, "heads": 16, "ffn": 8192}, dp=2, zero=3, global_batch_size=4)
+    run = build_layout_run(scenario, scenario.parallel)
+    timeline = replay(run.problem, run.schedule)
+    comm = [e for e in _executed(timeline, "gpu0") if e.entry.collective is not None]
+    names = [e.entry.collective.name.split("@")[0] for e in comm]
+    for mb in (0, 1):
+        gather = names.index(f"ag.B.L0.{mb}")
+        reduce = next(i for i, e in enumerate(comm) if e.entry.collective.collective.op == "reduce_scatter"
+                      and Task("L1@0.0.0", mb, "W") in e.entry.collective.after)
+        assert gather < reduce and comm[gather].start < comm[reduce].start
