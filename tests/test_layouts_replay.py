@@ -228,3 +228,16 @@ def test_zero3_issues_the_next_gather_before_the_current_units_reduce_scatter():
         reduce = next(i for i, e in enumerate(comm) if e.entry.collective.collective.op == "reduce_scatter"
                       and Task("L1@0.0.0", mb, "W") in e.entry.collective.after)
         assert gather < reduce and comm[gather].start < comm[reduce].start
+
+
+def test_simulate_replays_the_scenarios_own_layout_when_no_schedule_is_given(tmp_path: Path, capsys):
+    import yaml
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "parallel": {"dp": 2, "zero": 3}}))
+    assert main(["simulate", str(path), "--json", str(tmp_path / "report.json")]) == 0
+    out = capsys.readouterr().out
+    expected = simulate_layout(_scenario(dp=2, zero=3), _scenario(dp=2, zero=3).parallel, "scenario")
+    assert "│ scenario │ dp2 zero3 │" in out
+    assert f"{expected.step * 1e3:.1f}" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["makespan"] <= expected.step
