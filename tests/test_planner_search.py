@@ -157,3 +157,17 @@ def test_dask_workers_find_the_same_plan_as_the_serial_search(tmp_path, found):
     distributed = search_layouts(scenario, time_limit=60, workers=1)
     assert distributed.certified
     assert distributed.best.result.step == pytest.approx(found.best.result.step, rel=1e-12)
+
+
+def test_a_model_that_fits_nowhere_is_refused_in_seconds_with_what_it_would_need(tmp_path, capfd):
+    from opplan.cli import main
+    doc = copy.deepcopy(SMALL)
+    doc["cluster"]["device"]["memory_gb"] = 0.001
+    del doc["parallel"]  # the scenario's own layout would be refused on loading already
+    path = tmp_path / "tight.yaml"
+    path.write_text(__import__("yaml").safe_dump(doc))
+    started = time.monotonic()
+    assert main(["plan", str(path), "--time-limit", "10"]) != 0
+    printed = capsys_text(capfd)
+    assert "no layout fits" in printed and "GB per GPU" in printed and "Traceback" not in printed
+    assert time.monotonic() - started < 5

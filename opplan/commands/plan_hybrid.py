@@ -14,7 +14,7 @@ from opplan.commands.common import wrote
 from opplan.output import write_output
 from planner.layouts.build import shape_of
 from planner.layouts.compare import render_layout_rows
-from planner.layouts.step import StepResult
+from planner.layouts.step import StepResult, describe_layout
 from planner.search.launch import deepspeed_config, megatron_arguments, parallel_block
 from planner.search.search import SearchResult, search_layouts
 from simulator.errors import InputError
@@ -42,13 +42,26 @@ def print_search(result: SearchResult, console: Console) -> None:
         say(f"time limit reached: lower bound over the space {result.lower_bound * 1e3:.1f} ms, gap {100 * result.gap:.2f}%")
 
 
+def _refuse_if_empty(result: SearchResult, scenario: Scenario) -> None:
+    """No plan: say why, with the least memory any layout would need per GPU."""
+    if result.best is not None:
+        return
+    if result.timed_out and result.replayed == []:
+        raise InputError("the time limit ended before any layout was replayed; give more --time-limit", field="--time-limit")
+    need = ""
+    if result.least_memory is not None:
+        memory, layout = result.least_memory
+        need = f"; the least any layout needs is {memory / 1e9:.1f} GB per GPU ({describe_layout(layout)}, micro-batch" \
+               f" {layout.micro_batch_size}): more or larger GPUs"
+    raise InputError(f"no layout fits: every layout is over memory or refused by the replay{need}",
+                     file=scenario.file or None, field="parallel")
+
+
 def searched_row(scenario: Scenario, time_limit: float, console: Console) -> StepResult:
     """The search's plan as a row of ``opplan compare`` (named ``opplan plan``)."""
     result = search_layouts(scenario, time_limit=time_limit)
     print_search(result, console)
-    if result.best is None:
-        raise InputError("no layout fits: every layout of the space is over memory or refused by the replay",
-                         file=scenario.file or None, field="parallel")
+    _refuse_if_empty(result, scenario)
     return replace(result.best.result, name="opplan plan")
 
 
@@ -58,9 +71,7 @@ def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, w
     result = search_layouts(scenario, time_limit=time_limit, workers=workers, scheduler=scheduler,
                             log=lambda line: console.print(line, highlight=False))
     print_search(result, console)
-    if result.best is None:
-        raise InputError("no layout fits: every layout of the space is over memory or refused by the replay",
-                         file=scenario.file or None, field="parallel")
+    _refuse_if_empty(result, scenario)
     best = result.best
     render_layout_rows([best.result], title=f"{scenario.name}: planned layout", console=console)
     layers = len(shape_of(scenario).layers)

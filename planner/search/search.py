@@ -61,6 +61,8 @@ class SearchResult:
     #: Lower bound on the step time of every layout of the space (min of best and bounds left).
     lower_bound: float = 0.0
     certified: bool = False
+    #: The smallest per-rank memory lower bound seen, and its layout (what a refusal names).
+    least_memory: tuple[float, Layout] | None = None
     timed_out: bool = False
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
@@ -108,6 +110,8 @@ def _seed(state: _State) -> None:
             state.out.duplicates += 1  # flash attention stores no scores: selective = none, replayed once
             continue
         bound = ctx.bound(layout)
+        if state.out.least_memory is None or bound.memory < state.out.least_memory[0]:
+            state.out.least_memory = (bound.memory, layout)
         if bound.memory > ctx.capacity:
             state.out.pruned_memory += 1
             continue
