@@ -39,9 +39,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=120.0)
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
-    print("| scenario | layouts | pruned (memory) | pruned (time) | MIP cuts (better) | simulated | seconds | certified"
+    print("| scenario | layouts | duplicates | pruned (memory) | pruned (time) | MIP cuts (better) | simulated | seconds | certified"
           " | plan | plan step ms | best preset | preset step ms |")
-    print("|" + "---|" * 12)
+    print("|" + "---|" * 13)
     for path in args.scenarios:
         scenario = load_scenario(path)
         started = time.monotonic()
@@ -52,7 +52,8 @@ def main() -> None:
         what = f"{describe_layout(plan.layout)} mbs{plan.layout.micro_batch_size}" if plan else "-"
         step = f"{plan.result.step * 1e3:.1f}" if plan else "-"
         certified = "yes" if found.certified else f"no (gap {100 * found.gap:.1f}%)"
-        print(f"| {scenario.name} | {found.enumerated} | {found.pruned_memory} | {found.pruned_time} | {found.mip_cuts}"
+        print(f"| {scenario.name} | {found.enumerated} | {found.duplicates} | {found.pruned_memory} | {found.pruned_time}"
+              f" | {found.mip_cuts}"
               f" ({found.mip_improved}) | {len(found.replayed)} | {seconds:.1f} | {certified} | {what} | {step} | {name}"
               f" | {preset * 1e3:.1f} |", flush=True)
 
