@@ -5,6 +5,7 @@ replayed, the certificate, and the plan as Megatron-LM arguments and a ``paralle
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -42,6 +43,19 @@ def print_search(result: SearchResult, console: Console) -> None:
         say(f"time limit reached: lower bound over the space {result.lower_bound * 1e3:.1f} ms, gap {100 * result.gap:.2f}%")
 
 
+#: Seconds kept back from the search for printing the plan and leaving the process.
+REPORT_SECONDS = 0.5
+
+
+def search_budget(time_limit: float) -> float:
+    """The search's share of ``--time-limit``, a promise for the whole command: what the process
+    has already spent (interpreter start, imports, reading the scenario) and the report come off it."""
+    import psutil  # a dependency of dask.distributed
+
+    spent = max(0.0, time.time() - psutil.Process().create_time())
+    return max(0.1, time_limit - spent - REPORT_SECONDS)
+
+
 def _refuse_if_empty(result: SearchResult, scenario: Scenario) -> None:
     """No plan: say why, with the least memory any layout would need per GPU."""
     if result.best is not None:
@@ -59,7 +73,7 @@ def _refuse_if_empty(result: SearchResult, scenario: Scenario) -> None:
 
 def searched_row(scenario: Scenario, time_limit: float, console: Console) -> StepResult:
     """The search's plan as a row of ``opplan compare`` (named ``opplan plan``)."""
-    result = search_layouts(scenario, time_limit=time_limit)
+    result = search_layouts(scenario, time_limit=search_budget(time_limit))
     print_search(result, console)
     _refuse_if_empty(result, scenario)
     return replace(result.best.result, name="opplan plan")
@@ -68,7 +82,7 @@ def searched_row(scenario: Scenario, time_limit: float, console: Console) -> Ste
 def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, workers: int, scheduler: str | None,
                 output: Path | None, console: Console) -> None:
     """Search, print the report and the launch arguments; ``-o`` writes the plan as JSON."""
-    result = search_layouts(scenario, time_limit=time_limit, workers=workers, scheduler=scheduler,
+    result = search_layouts(scenario, time_limit=search_budget(time_limit), workers=workers, scheduler=scheduler,
                             log=lambda line: console.print(line, highlight=False))
     print_search(result, console)
     _refuse_if_empty(result, scenario)
