@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from planner.heuristics import best_list_schedule  # noqa: E402
-from planner.mip.lower import FORMULATIONS, solve_schedule  # noqa: E402
+from planner.mip.lower import FORMULATIONS, ScheduleSettings, solve_schedule  # noqa: E402
 from planner.placements import by_operator, contiguous_partitions, pipeline_placements  # noqa: E402
 from planner.schedules.examples import example_scenario  # noqa: E402
 from planner.taskgraph import TaskGraph  # noqa: E402
@@ -86,8 +86,8 @@ def main() -> None:
         spans = {}
         for formulation in FORMULATIONS:
             began = time.monotonic()
-            result = solve_schedule(graph, warm_order=warm.order if warm else None, memory_limit=limits,
-                                    time_limit=args.time_limit, formulation=formulation)
+            settings = ScheduleSettings(time_limit=args.time_limit, formulation=formulation)
+            result = solve_schedule(graph, settings, warm_order=warm.order if warm else None, memory_limit=limits)
             seconds = time.monotonic() - began
             spans[formulation] = result.makespan
             busy = {d: 0.0 for d in graph.devices}

@@ -18,13 +18,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from planner.heuristics import best_list_schedule
 from planner.memory import memory_limits
-from planner.mip.lower import LowerLevelResult, Progress, solve_schedule
+from planner.mip.lower import LowerLevelResult, Progress, ScheduleSettings, solve_schedule
 from planner.mip.upper import solve_placement
 from planner.placements import by_operator, contiguous_partitions, is_chain, pipeline_placements
 from planner.taskgraph import TaskGraph
@@ -35,18 +36,31 @@ from simulator.problem import Task
 from simulator.scenario import Scenario
 from simulator.schedule import Schedule
 
-__all__ = ["Candidate", "PlanResult", "plan"]
+__all__ = ["Candidate", "PlanResult", "check", "evaluate", "lower_level", "plan", "propose"]
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A placement and the best order known for it (makespan from the heuristic or a built-in)."""
+    """A placement the upper level proposes, carried through every step of :func:`plan`.
+
+    Proposed with its task graph (and, for a built-in schedule, the schedule whose order
+    comes with it); evaluated by filling in the best order known for it and its makespan.
+    """
 
     name: str
-    device_of: Mapping[Task, str]
-    makespan: float
-    order_source: str
+    graph: TaskGraph
+    builtin: Schedule | None = None
+    makespan: float = math.inf
+    order_source: str = "not evaluated"
     order: Mapping[tuple[str, str], list[int]] | None = None
+
+    @property
+    def device_of(self) -> Mapping[Task, str]:
+        return self.graph.device_of
+
+    @property
+    def evaluated(self) -> bool:
+        return self.order is not None
 
 
 @dataclass(frozen=True)
@@ -145,87 +159,46 @@ def _upper_level_placements(scenario: Scenario, limits: Mapping[str, float], bud
     return out
 
 
-def plan(
-    scenario: Scenario,
-    *,
-    time_limit: float | None = None,
-    memory_limit_bytes: float | None = None,
-    objective: str | None = None,
-    formulation: str = "tight",
-    progress: Callable[[Progress], None] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> PlanResult:
-    """Plan ``scenario``: the best schedule found within ``time_limit`` seconds, certified."""
-    began = time.monotonic()
-    say = log or (lambda message: None)
+def propose(scenario: Scenario, limits: Mapping[str, float], budget: float) -> list[Candidate]:
+    """Step 1, the upper level: built-in schedules that fit, pipeline patterns, and (for a
+    graph that is not a chain) placements from the placement MIP within ``budget`` seconds."""
     problem = scenario.problem
-    budget = time_limit if time_limit is not None else scenario.objective.time_limit_s
-    goal = objective or scenario.objective.minimize
-    limits = memory_limits(scenario, memory_limit_bytes)
-    _check_fits(scenario, limits)
-
-    # 1. candidates ---------------------------------------------------------------------------
-    raw: list[tuple[str, dict[Task, str], Schedule | None]] = []
-    for name, schedule in _builtin_candidates(scenario, limits):
-        raw.append((f"{name} (built-in)", schedule.placement(), schedule))
-    for name, placement in pipeline_placements(problem).items():
-        raw.append((name, placement, None))
+    out = [Candidate(f"{name} (built-in)", TaskGraph(problem, schedule.placement()), builtin=schedule)
+           for name, schedule in _builtin_candidates(scenario, limits)]
+    out += [Candidate(name, TaskGraph(problem, placement)) for name, placement in pipeline_placements(problem).items()]
     if not is_chain(problem):
-        raw.extend((name, placement, None) for name, placement in _upper_level_placements(scenario, limits, 0.2 * budget))
-    say(f"upper level: {len(raw)} candidate placements")
+        out += [Candidate(name, TaskGraph(problem, placement)) for name, placement in _upper_level_placements(scenario, limits, budget)]
+    return out
 
-    # 2. evaluation -----------------------------------------------------------------------------
-    candidates: list[Candidate] = []
-    graphs: dict[str, TaskGraph] = {}
-    for name, placement, schedule in raw:
-        graph = TaskGraph(problem, placement)
-        graphs[name] = graph
-        best: Candidate | None = None
-        if schedule is not None:
-            order = graph.order_from_schedule(schedule)
-            try:
-                span = graph.makespan(graph.left_shift(order))
-                best = Candidate(name, placement, span, "built-in order", order)
-            except InfeasibleError:
-                best = None
-        heuristic = best_list_schedule(graph, memory_limit=limits, seeds=0)
-        if heuristic is not None and (best is None or heuristic.makespan < best.makespan - 1e-12):
-            best = Candidate(name, placement, heuristic.makespan, f"list scheduling ({heuristic.rule}, heuristic)", heuristic.order)
-        if best is not None:
-            candidates.append(best)
-            say(f"  {name}: {best.makespan * 1e3:.6g} ms ({best.order_source})")
-        else:
-            say(f"  {name}: no schedule within the memory limit")
-    if not candidates:
-        tightest = min(limits, key=limits.get)
-        raise InfeasibleError(
-            f"no placement fits the memory limit ({limits[tightest] / 1e9:.4g} GB on {tightest}):"
-            " every candidate runs out of memory even when scheduled one micro-batch at a time",
-            file=scenario.file,
-            field="objective.memory_limit_gb",
-        )
-    candidates.sort(key=lambda c: (c.makespan, c.name))
-    chosen = candidates[0]
-    graph = graphs[chosen.name]
 
-    # 3. lower level ---------------------------------------------------------------------------
-    remaining = max(1.0, budget - (time.monotonic() - began))
-    say(f"lower level: scheduling MIP on {chosen.name!r}, warm start {chosen.makespan * 1e3:.6g} ms ({chosen.order_source})")
-    lower = solve_schedule(
-        graph,
-        warm_order=chosen.order,
-        memory_limit=limits,
-        objective="memory" if goal == "memory" else "makespan",
-        time_limit=remaining,
-        formulation=formulation,
-        progress=progress,
-    )
-    notes = []
-    if lower.source == "warm start":
-        notes.append(f"the MIP found no better order in time: the schedule is the warm start ({chosen.order_source})")
+def evaluate(candidate: Candidate, limits: Mapping[str, float]) -> Candidate:
+    """Step 2: the best order known for the candidate's placement — a built-in's own order
+    or memory-aware list scheduling, whichever is shorter (unevaluated if neither fits)."""
+    graph = candidate.graph
+    best = candidate
+    if candidate.builtin is not None:
+        order = graph.order_from_schedule(candidate.builtin)
+        try:
+            span = graph.makespan(graph.left_shift(order))
+            best = replace(candidate, makespan=span, order_source="built-in order", order=order)
+        except InfeasibleError:
+            pass
+    heuristic = best_list_schedule(graph, memory_limit=limits, seeds=0)
+    if heuristic is not None and (not best.evaluated or heuristic.makespan < best.makespan - 1e-12):
+        best = replace(candidate, makespan=heuristic.makespan, order=heuristic.order,
+                       order_source=f"list scheduling ({heuristic.rule}, heuristic)")
+    return best
 
-    # 4. check -----------------------------------------------------------------------------------
-    schedule = graph.to_schedule(
+
+def lower_level(candidate: Candidate, limits: Mapping[str, float], settings: ScheduleSettings,
+                progress: Callable[[Progress], None] | None) -> LowerLevelResult:
+    """Step 3: the scheduling MIP on the candidate's placement, warm-started with its order."""
+    return solve_schedule(candidate.graph, settings, warm_order=candidate.order, memory_limit=limits, progress=progress)
+
+
+def check(scenario: Scenario, chosen: Candidate, lower: LowerLevelResult) -> tuple[Schedule, Timeline]:
+    """Step 4: the planned order as a schedule document, replayed by the simulator."""
+    schedule = chosen.graph.to_schedule(
         lower.order,
         name=f"opplan plan ({chosen.name})",
         meta={
@@ -238,9 +211,74 @@ def plan(
             "gap": lower.gap,
         },
     )
-    timeline = replay(problem, schedule)
+    timeline = replay(scenario.problem, schedule)
     if timeline.violations:
         raise InfeasibleError("the planned schedule failed its replay: " + timeline.violations[0], file=scenario.file)
+    return schedule, timeline
+
+
+def _evaluate_all(proposed: list[Candidate], limits: Mapping[str, float], scenario: Scenario,
+                  say: Callable[[str], None]) -> list[Candidate]:
+    """Every proposal evaluated, best first; none fitting the memory limit is an error."""
+    candidates = []
+    for candidate in proposed:
+        evaluated = evaluate(candidate, limits)
+        if evaluated.evaluated:
+            candidates.append(evaluated)
+            say(f"  {evaluated.name}: {evaluated.makespan * 1e3:.6g} ms ({evaluated.order_source})")
+        else:
+            say(f"  {candidate.name}: no schedule within the memory limit")
+    if not candidates:
+        tightest = min(limits, key=limits.get)
+        raise InfeasibleError(
+            f"no placement fits the memory limit ({limits[tightest] / 1e9:.4g} GB on {tightest}):"
+            " every candidate runs out of memory even when scheduled one micro-batch at a time",
+            file=scenario.file,
+            field="objective.memory_limit_gb",
+        )
+    return sorted(candidates, key=lambda c: (c.makespan, c.name))
+
+
+def plan(
+    scenario: Scenario,
+    *,
+    time_limit: float | None = None,
+    memory_limit_bytes: float | None = None,
+    objective: str | None = None,
+    formulation: str = "tight",
+    progress: Callable[[Progress], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> PlanResult:
+    """Plan ``scenario``: the best schedule found within ``time_limit`` seconds, certified.
+
+    Four steps: :func:`propose` placements, :func:`evaluate` each, run the
+    :func:`lower_level` MIP on the best, :func:`check` it by replay.
+
+    >>> from planner.schedules.examples import example_scenario
+    >>> result = plan(example_scenario(stages=2, micro_batches=4), time_limit=10)
+    >>> round(result.makespan * 1e3, 6), round(result.lower.gap, 6), result.timeline.ok
+    (12.0, 0.0, True)
+    """
+    began = time.monotonic()
+    say = log or (lambda message: None)
+    budget = time_limit if time_limit is not None else scenario.objective.time_limit_s
+    goal = objective or scenario.objective.minimize
+    limits = memory_limits(scenario, memory_limit_bytes)
+    _check_fits(scenario, limits)
+
+    proposed = propose(scenario, limits, 0.2 * budget)
+    say(f"upper level: {len(proposed)} candidate placements")
+    candidates = _evaluate_all(proposed, limits, scenario, say)
+    chosen = candidates[0]
+    remaining = max(1.0, budget - (time.monotonic() - began))
+    say(f"lower level: scheduling MIP on {chosen.name!r}, warm start {chosen.makespan * 1e3:.6g} ms ({chosen.order_source})")
+    settings = ScheduleSettings(objective="memory" if goal == "memory" else "makespan", time_limit=remaining,
+                                formulation=formulation)
+    lower = lower_level(chosen, limits, settings, progress)
+    notes = []
+    if lower.source == "warm start":
+        notes.append(f"the MIP found no better order in time: the schedule is the warm start ({chosen.order_source})")
+    schedule, timeline = check(scenario, chosen, lower)
     return PlanResult(
         schedule=schedule,
         timeline=timeline,
