@@ -310,9 +310,8 @@ def _completion(rows: _Rows, d: _Data, tight: bool) -> None:
         rows.add([(t, 1.0)], [], -1.0, -(d.p[t] + (d.tail[t] if tight else 0.0)))
 
 
-def _memory_row(graph: TaskGraph, d: _Data, pairs: _Pairs, members, change, t: int, device: str):
+def _memory_row(graph: TaskGraph, d: _Data, fixed_before: set, index: dict, members, change, t: int, device: str):
     """(y terms, constant) of the live bytes on ``device`` when task ``t`` allocates."""
-    fixed_before, index = set(pairs.fixed), pairs.index
     constant = d.static[device] + d.delta[t][0]
     y_terms: list[tuple[int, float]] = []
     for u in members:
@@ -335,6 +334,7 @@ def _memory(rows: _Rows, graph: TaskGraph, d: _Data, pairs: _Pairs) -> dict[str,
     memory_rows: dict[str, list[int]] = {dev: [] for dev in graph.devices}
     if not d.need_memory:
         return memory_rows
+    fixed_before, index = set(pairs.fixed), pairs.index
     device_tasks: dict[str, list[int]] = {}
     for t in range(d.n):
         device_tasks.setdefault(graph.stream_of[t][0], []).append(t)
@@ -345,7 +345,7 @@ def _memory(rows: _Rows, graph: TaskGraph, d: _Data, pairs: _Pairs) -> dict[str,
         for t in members:
             if d.delta[t][0] <= 0:
                 continue
-            y_terms, constant = _memory_row(graph, d, pairs, members, change, t, device)
+            y_terms, constant = _memory_row(graph, d, fixed_before, index, members, change, t, device)
             memory_rows[device].append(len(rows))
             rows.add([], y_terms, 0.0, d.limits[device] - constant)
     return memory_rows
