@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from planner.capacity import check_memory_fits
 from planner.heuristics import best_list_schedule
 from planner.memory import memory_limits
 from planner.mip.lower import LowerLevelResult, Progress, ScheduleSettings, solve_schedule
@@ -81,31 +82,44 @@ class PlanResult:
         return self.timeline.makespan
 
 
-def _check_fits(scenario: Scenario, limits: Mapping[str, float]) -> None:
-    """Fail early, and say by how much, when an operator cannot fit on any device."""
-    largest = max(limits.values())
-    for op in scenario.problem.graph.operators:
-        need = op.static_bytes + op.activation_bytes + op.workspace_bytes
-        if need > largest:
-            raise InfeasibleError(
-                f"operator {op.name!r} needs {need / 1e9:.4g} GB (weights, optimizer state, one micro-batch of"
-                f" activations) but the largest device memory limit is {largest / 1e9:.4g} GB:"
-                f" short by {(need - largest) / 1e9:.4g} GB",
-                file=scenario.file,
-                field="objective.memory_limit_gb" if scenario.objective.memory_limit_bytes else "cluster",
-            )
+@dataclass(frozen=True)
+class Budget:
+    """When each step of :func:`plan` stops starting new work (:func:`time.monotonic` values).
+
+    The time limit is a promise: proposals (built-in schedules, the placement MIP) take up
+    to a fifth of it, evaluations (list scheduling) start no new candidate after nine
+    twentieths, the lower level ends in time for the final replay, whose cost is estimated
+    from the task count (the simulator replays ~70k tasks/s with links; 40 us a task
+    leaves a margin).
+    """
+
+    began: float
+    end: float
+    proposals: float
+    evaluations: float
+    check: float  # seconds kept for the final replay
+
+    @classmethod
+    def of(cls, seconds: float, tasks: int, began: float | None = None) -> Budget:
+        began = time.monotonic() if began is None else began
+        return cls(began, began + seconds, began + 0.2 * seconds, began + 0.45 * seconds, 0.3 + 4e-5 * tasks)
+
+    @property
+    def lower_level_end(self) -> float:
+        return self.end - self.check
 
 
-def _builtin_candidates(scenario: Scenario, limits: Mapping[str, float]) -> list[tuple[str, Schedule]]:
-    """Applicable built-in schedules that replay cleanly within the memory limit."""
-    try:
-        from planner import schedules as builtins
-    except ImportError:  # pragma: no cover - the package is part of opplan
-        return []
+def _builtin_candidates(scenario: Scenario, limits: Mapping[str, float], until: float) -> list[tuple[str, Schedule]]:
+    """Applicable built-in schedules that replay cleanly within the memory limit (those
+    reached before ``until``)."""
+    from planner import schedules as builtins
+
     out = []
     for name, reason in builtins.available(scenario).items():
         if reason is not None:
             continue
+        if time.monotonic() > until:
+            break
         try:
             schedule = builtins.generate(name, scenario)
             timeline = replay(scenario.problem, schedule)
@@ -159,21 +173,23 @@ def _upper_level_placements(scenario: Scenario, limits: Mapping[str, float], bud
     return out
 
 
-def propose(scenario: Scenario, limits: Mapping[str, float], budget: float) -> list[Candidate]:
+def propose(scenario: Scenario, limits: Mapping[str, float], until: float) -> list[Candidate]:
     """Step 1, the upper level: built-in schedules that fit, pipeline patterns, and (for a
-    graph that is not a chain) placements from the placement MIP within ``budget`` seconds."""
+    graph that is not a chain) placements from the placement MIP, all started before ``until``."""
     problem = scenario.problem
     out = [Candidate(f"{name} (built-in)", TaskGraph(problem, schedule.placement()), builtin=schedule)
-           for name, schedule in _builtin_candidates(scenario, limits)]
+           for name, schedule in _builtin_candidates(scenario, limits, until)]
     out += [Candidate(name, TaskGraph(problem, placement)) for name, placement in pipeline_placements(problem).items()]
     if not is_chain(problem):
-        out += [Candidate(name, TaskGraph(problem, placement)) for name, placement in _upper_level_placements(scenario, limits, budget)]
+        placements = _upper_level_placements(scenario, limits, until - time.monotonic())
+        out += [Candidate(name, TaskGraph(problem, placement)) for name, placement in placements]
     return out
 
 
-def evaluate(candidate: Candidate, limits: Mapping[str, float]) -> Candidate:
+def evaluate(candidate: Candidate, limits: Mapping[str, float], budget: Budget | None = None) -> Candidate:
     """Step 2: the best order known for the candidate's placement — a built-in's own order
-    or memory-aware list scheduling, whichever is shorter (unevaluated if neither fits)."""
+    or memory-aware list scheduling, whichever is shorter (unevaluated if neither fits, or
+    if list scheduling cannot finish before the lower level must start)."""
     graph = candidate.graph
     best = candidate
     if candidate.builtin is not None:
@@ -183,7 +199,8 @@ def evaluate(candidate: Candidate, limits: Mapping[str, float]) -> Candidate:
             best = replace(candidate, makespan=span, order_source="built-in order", order=order)
         except InfeasibleError:
             pass
-    heuristic = best_list_schedule(graph, memory_limit=limits, seeds=0)
+    heuristic = best_list_schedule(graph, memory_limit=limits, seeds=0, stop_trying=budget and budget.evaluations,
+                                   deadline=budget and budget.lower_level_end)
     if heuristic is not None and (not best.evaluated or heuristic.makespan < best.makespan - 1e-12):
         best = replace(candidate, makespan=heuristic.makespan, order=heuristic.order,
                        order_source=f"list scheduling ({heuristic.rule}, heuristic)")
@@ -217,17 +234,28 @@ def check(scenario: Scenario, chosen: Candidate, lower: LowerLevelResult) -> tup
     return schedule, timeline
 
 
-def _evaluate_all(proposed: list[Candidate], limits: Mapping[str, float], scenario: Scenario,
+def _evaluate_all(proposed: list[Candidate], limits: Mapping[str, float], scenario: Scenario, budget: Budget,
                   say: Callable[[str], None]) -> list[Candidate]:
-    """Every proposal evaluated, best first; none fitting the memory limit is an error."""
+    """Every proposal evaluated (none started past the evaluations' time once one is), best
+    first; none fitting the memory limit is an error."""
     candidates = []
-    for candidate in proposed:
-        evaluated = evaluate(candidate, limits)
+    for index, candidate in enumerate(proposed):
+        if candidates and time.monotonic() > budget.evaluations:
+            say(f"  {len(proposed) - index} more candidates not evaluated: their share of the time limit is spent")
+            break
+        evaluated = evaluate(candidate, limits, budget)
         if evaluated.evaluated:
             candidates.append(evaluated)
             say(f"  {evaluated.name}: {evaluated.makespan * 1e3:.6g} ms ({evaluated.order_source})")
         else:
             say(f"  {candidate.name}: no schedule within the memory limit")
+    if not candidates and time.monotonic() > budget.lower_level_end:
+        raise InfeasibleError(
+            f"no schedule found within the time limit ({budget.end - budget.began:.3g} s): list scheduling did not finish;"
+            " raise --time-limit",
+            file=scenario.file,
+            field="objective.time_limit_s",
+        )
     if not candidates:
         tightest = min(limits, key=limits.get)
         raise InfeasibleError(
@@ -248,6 +276,7 @@ def plan(
     formulation: str = "tight",
     progress: Callable[[Progress], None] | None = None,
     log: Callable[[str], None] | None = None,
+    verbose: bool = False,
 ) -> PlanResult:
     """Plan ``scenario``: the best schedule found within ``time_limit`` seconds, certified.
 
@@ -261,19 +290,20 @@ def plan(
     """
     began = time.monotonic()
     say = log or (lambda message: None)
-    budget = time_limit if time_limit is not None else scenario.objective.time_limit_s
     goal = objective or scenario.objective.minimize
     limits = memory_limits(scenario, memory_limit_bytes)
-    _check_fits(scenario, limits)
+    check_memory_fits(scenario, limits)
+    seconds = time_limit if time_limit is not None else scenario.objective.time_limit_s
+    budget = Budget.of(seconds, scenario.problem.task_count, began)
 
-    proposed = propose(scenario, limits, 0.2 * budget)
+    proposed = propose(scenario, limits, budget.proposals)
     say(f"upper level: {len(proposed)} candidate placements")
-    candidates = _evaluate_all(proposed, limits, scenario, say)
+    candidates = _evaluate_all(proposed, limits, scenario, budget, say)
     chosen = candidates[0]
-    remaining = max(1.0, budget - (time.monotonic() - began))
+    remaining = budget.lower_level_end - time.monotonic()
     say(f"lower level: scheduling MIP on {chosen.name!r}, warm start {chosen.makespan * 1e3:.6g} ms ({chosen.order_source})")
-    settings = ScheduleSettings(objective="memory" if goal == "memory" else "makespan", time_limit=remaining,
-                                formulation=formulation)
+    settings = ScheduleSettings(objective="memory" if goal == "memory" else "makespan", time_limit=max(remaining, 0.0),
+                                formulation=formulation, verbose=verbose)
     lower = lower_level(chosen, limits, settings, progress)
     notes = []
     if lower.source == "warm start":

@@ -13,6 +13,7 @@ proof. Results carry ``heuristic=True`` so reports can say so.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -191,8 +192,10 @@ def list_schedule(
     rule: str = "zb",
     seed: int | None = None,
     reserve: bool = False,
+    deadline: float | None = None,
 ) -> HeuristicResult | None:
-    """One list schedule; None when the rule runs itself into a memory deadlock.
+    """One list schedule; None when the rule runs itself into a memory deadlock (or the
+    clock passes ``deadline``, a :func:`time.monotonic` value, before it is done).
 
     With ``reserve``, a forward pass is admitted only if room stays for one more
     activation of every *other* operator on the device that still has forwards to run:
@@ -200,7 +203,9 @@ def list_schedule(
     that makes bidirectional pipelines idle or deadlock under a memory limit).
     """
     state = _initial_state(graph, memory_limit, rule, seed, reserve)
-    for _ in range(len(graph.tasks)):
+    for step in range(len(graph.tasks)):
+        if deadline is not None and step % 64 == 0 and time.monotonic() > deadline:
+            return None
         best = _next_task(state)
         if best is None:
             return None  # memory deadlock: no stream can admit anything
@@ -215,13 +220,19 @@ def best_list_schedule(
     *,
     memory_limit: Mapping[str, float] | None = None,
     seeds: int = 3,
+    stop_trying: float | None = None,
+    deadline: float | None = None,
 ) -> HeuristicResult | None:
-    """Try every rule (and a few seeded tie-breaks); keep the shortest."""
+    """Try every rule (and a few seeded tie-breaks); keep the shortest. Past ``stop_trying``
+    no further rule is tried once one has succeeded; none runs past ``deadline``."""
     best: HeuristicResult | None = None
     for reserve in (False, True):
         for rule in RULES:
             for seed in [None, *range(seeds)]:
-                result = list_schedule(graph, memory_limit=memory_limit, rule=rule, seed=seed, reserve=reserve)
+                if stop_trying is not None and best is not None and time.monotonic() > stop_trying:
+                    return best
+                result = list_schedule(graph, memory_limit=memory_limit, rule=rule, seed=seed, reserve=reserve,
+                                       deadline=deadline)
                 if result is not None and (best is None or result.makespan < best.makespan - 1e-12):
                     best = result
                 if rule in ("fifo",):

@@ -8,6 +8,7 @@ simulator's report of the planned schedule. ``-o`` writes the schedule document.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -17,13 +18,15 @@ from rich.table import Table
 
 from opplan.commands.common import scenario_argument, write_reports
 from opplan.output import write_output
+from planner.capacity import check_memory_fits
+from planner.memory import memory_like, memory_limits
 from simulator.errors import InputError
 from simulator.metrics import build_report
 from simulator.report import fmt_bytes, fmt_ms, print_report
 from simulator.scenario import OBJECTIVES, load_scenario
 from simulator.schedule import schedule_to_dict
 
-__all__ = ["plan_command", "progress_printer", "print_plan"]
+__all__ = ["plan_command", "progress_printer", "print_plan", "run_planner", "verbose_option"]
 
 
 #: The lower level's formulations (kept literal so ``opplan --help`` does not load CVXPY).
@@ -45,6 +48,26 @@ def progress_printer(console: Console, unit: float = 1e3) -> callable:
         console.print(f"  [{p.elapsed:6.1f} s] incumbent {incumbent} | bound {bound} | gap {gap}", highlight=False)
 
     return show
+
+
+verbose_option = click.option("--verbose", is_flag=True, help="show the MIP solver's own log (HiGHS) on the terminal")
+
+
+def run_planner(scenario, console: Console, *, began: float, time_limit: float | None, memory_limit_bytes: float | None,
+                verbose: bool = False, **options):
+    """The planner on ``scenario`` within ``time_limit`` seconds counted from ``began``.
+
+    A model that cannot fit is refused by the memory lower bound before the planner (and
+    CVXPY) is even loaded; solver messages go to :mod:`logging` unless ``verbose``."""
+    seconds = time_limit if time_limit is not None else scenario.objective.time_limit_s
+    check_memory_fits(scenario, memory_limits(scenario, memory_limit_bytes))
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from planner.bilevel import plan
+
+    left = max(seconds - (time.monotonic() - began), 0.0)
+    return plan(scenario, time_limit=left, memory_limit_bytes=memory_limit_bytes, progress=progress_printer(console),
+                verbose=verbose, **options)
 
 
 def print_plan(result, console: Console) -> None:
@@ -82,6 +105,7 @@ def print_plan(result, console: Console) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the schedule")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON")
+@verbose_option
 def plan_command(
     scenario: Path,
     objective: str | None,
@@ -92,11 +116,12 @@ def plan_command(
     output: Path | None,
     trace_path: Path | None,
     json_path: Path | None,
+    verbose: bool,
 ) -> None:
-    """Plan SCENARIO with the bi-level MIP; print the certificate and the simulated report."""
-    from planner.bilevel import plan
-    from planner.memory import memory_like
+    """Plan SCENARIO with the bi-level MIP; print the certificate and the simulated report.
 
+    The time limit counts from the start of the command (reading the scenario included)."""
+    began = time.monotonic()
     loaded = load_scenario(scenario)
     if memory_limit_gb is not None and like_schedule is not None:
         raise InputError("give --memory-limit or --memory-like, not both", field="--memory-like")
@@ -105,15 +130,8 @@ def plan_command(
     if like_schedule is not None:
         limit = memory_like(loaded, like_schedule)
         console.print(f"memory limit: {fmt_bytes(limit)} per device (the peak of {like_schedule})", highlight=False)
-    result = plan(
-        loaded,
-        time_limit=time_limit,
-        memory_limit_bytes=limit,
-        objective=objective,
-        formulation=formulation,
-        progress=progress_printer(console),
-        log=lambda line: console.print(line, highlight=False),
-    )
+    result = run_planner(loaded, console, began=began, time_limit=time_limit, memory_limit_bytes=limit, objective=objective,
+                         formulation=formulation, verbose=verbose, log=lambda line: console.print(line, highlight=False))
     print_plan(result, console)
     print_report(build_report(result.timeline), console, title=f"{loaded.name}: planned schedule")
     if output is not None:

@@ -10,12 +10,14 @@ not apply are listed underneath with the reason.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
 import yaml
 
 from opplan.commands.common import scenario_argument
+from opplan.commands.plan import print_plan, run_planner, verbose_option
 from opplan.output import write_output
 from planner.schedules import available, generate
 from planner.schedules.compare import comparison_rows, render_comparison
@@ -75,9 +77,12 @@ def _parse_with(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--time-limit", type=click.FloatRange(min=1.0), default=None, help="with --plan: seconds for the planner")
 @_chunks
 @_ranks
+@verbose_option
 def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | None, with_plan: bool,
-                    plan_memory_like: str | None, time_limit: float | None, chunks: int | None, ranks: int | None) -> None:
+                    plan_memory_like: str | None, time_limit: float | None, chunks: int | None, ranks: int | None,
+                    verbose: bool) -> None:
     """Replay every built-in schedule that applies to SCENARIO (and the --with files); print one table."""
+    began = time.monotonic()
     loaded = load_scenario(scenario)
     files = _parse_with(extra)
     schedules = {label: load_schedule(path) for label, path in files.items()}
@@ -86,7 +91,7 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
         if violations:
             raise ScheduleRejected(violations, file=str(path))
     if with_plan:
-        schedules["opplan plan"] = _planned(loaded, plan_memory_like, time_limit)
+        schedules["opplan plan"] = _planned(loaded, plan_memory_like, time_limit, began=began, verbose=verbose)
     rows = comparison_rows(loaded, schedules, chunks=chunks, ranks=ranks)
     unavailable = {name: reason for name, reason in available(loaded, chunks=chunks, ranks=ranks).items() if reason}
     p = loaded.problem
@@ -97,18 +102,16 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
         write_output(json_path, text, inputs=[scenario, *files.values()], option="--json")
 
 
-def _planned(scenario, memory_like_name: str | None, time_limit: float | None) -> Schedule:
+def _planned(scenario, memory_like_name: str | None, time_limit: float | None, *, began: float, verbose: bool) -> Schedule:
     """The planner's schedule for the comparison (progress goes to the terminal)."""
     from rich.console import Console
 
-    from opplan.commands.plan import print_plan, progress_printer
-    from planner.bilevel import plan
     from planner.memory import memory_like
 
     console = Console(width=max(Console().width, 132))
     limit = memory_like(scenario, memory_like_name) if memory_like_name else None
     if limit is not None:
         console.print(f"planner memory limit: {limit / 1e9:.4g} GB per device (the peak of {memory_like_name})", highlight=False)
-    result = plan(scenario, time_limit=time_limit, memory_limit_bytes=limit, progress=progress_printer(console))
+    result = run_planner(scenario, console, began=began, time_limit=time_limit, memory_limit_bytes=limit, verbose=verbose)
     print_plan(result, console)
     return result.schedule

@@ -50,7 +50,13 @@ class HighsResult:
     status: str
     has_primal: bool
     dual_bound: float | None
-    seconds: float
+    seconds: float  # wall-clock of the whole call: CVXPY's compilation, HiGHS, reading back
+    solver_seconds: float = 0.0  # HiGHS's own run time (what its time_limit bounds)
+
+    @property
+    def overhead(self) -> float:
+        """Seconds the call took beyond HiGHS's run: what a time budget must set aside."""
+        return max(0.0, self.seconds - self.solver_seconds)
 
 
 _banner_sent = False
@@ -99,7 +105,9 @@ def run_highs(problem: cp.Problem, *, verbose: bool = False, **options) -> Highs
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Solution may be inaccurate")
         problem.solve(solver=cp.HIGHS, verbose=verbose, **options)
-    return outcome(problem, time.monotonic() - began)
+    result = outcome(problem, time.monotonic() - began)
+    logger.debug("HiGHS: %s in %.2f s (time limit %s s)", result.status, result.seconds, options.get("time_limit"))
+    return result
 
 
 def outcome(problem: cp.Problem, seconds: float = 0.0) -> HighsResult:
@@ -109,7 +117,8 @@ def outcome(problem: cp.Problem, seconds: float = 0.0) -> HighsResult:
     values_present = all(v.value is not None for v in problem.variables())
     has_primal = status in SOLUTION_STATUSES and primal_feasible and values_present
     dual_bound = float(dual) if dual is not None and math.isfinite(dual) else None
-    return HighsResult(status=status, has_primal=has_primal, dual_bound=dual_bound, seconds=seconds)
+    solver_seconds = problem.solver_stats.solve_time if problem.solver_stats is not None else None
+    return HighsResult(status, has_primal, dual_bound, seconds, float(solver_seconds or 0.0) if seconds else 0.0)
 
 
 def parse_highs_progress(line: str) -> tuple[float | None, float | None, float | None] | None:

@@ -444,17 +444,58 @@ def _build_model(graph: TaskGraph, d: _Data, pairs: _Pairs, settings: ScheduleSe
 # second or two; the last, full solve proves the bound.
 
 
+#: Seconds per same-stream pair to classify it and build its rows, and per row for CVXPY to
+#: compile the model (measured on the bundled scenarios, ~2-3x margin): what the size
+#: guard and the first solve's budget expect before anything was measured.
+SECONDS_PER_PAIR = 1e-5
+SECONDS_PER_ROW = 1e-5
+#: Solver calls shorter than this are not worth starting.
+MIN_SOLVE_SECONDS = 0.2
+
+
+@dataclass
+class _Clock:
+    """One call's time: it ends by ``began + time_limit``, so every solver call is given
+    what is left minus what such a call has cost beyond HiGHS's own limit (compilation)."""
+
+    began: float
+    end: float
+    overhead: float = 0.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.began
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def budget(self, wanted: float, until: float | None = None) -> float:
+        """HiGHS's time limit for a call wanting ``wanted`` s that must end by ``until``
+        (default: the end); 0 when there is no time for a call."""
+        room = min(self.end, until if until is not None else self.end) - time.monotonic() - self.overhead
+        return min(wanted, room) if room >= MIN_SOLVE_SECONDS else 0.0
+
+    def run(self, model: _Model, limit: float, settings: ScheduleSettings, **options) -> HighsResult:
+        result = run_highs(model.problem, time_limit=limit, **settings.options(), **options)
+        self.overhead = result.overhead
+        return result
+
+
 def _order_values(model: _Model, task_order: Order) -> np.ndarray:
     position = {t: pos for members in task_order.values() for pos, t in enumerate(members)}
     return np.array([1.0 if position[i] < position[j] else 0.0 for i, j in model.free])
 
 
-def _fixed_solve(model: _Model, task_order: Order, settings: ScheduleSettings) -> HighsResult:
-    """Solve with every binary fixed to ``task_order``: seeds the solver cache with it."""
+def _fixed_solve(model: _Model, task_order: Order, settings: ScheduleSettings, clock: _Clock) -> bool:
+    """Solve with every binary fixed to ``task_order``: seeds the solver cache with it.
+    False (nothing run) when the time left is too short for it and a full solve after."""
+    limit = clock.budget(max(1.0, settings.time_limit / 4), until=clock.end - clock.overhead - MIN_SOLVE_SECONDS)
+    if limit <= 0:
+        return False
     values = _order_values(model, task_order)
     model.lo.value, model.hi.value = values, values
     model.earliness.value = 0.0
-    return run_highs(model.problem, time_limit=max(1.0, settings.time_limit / 4), **settings.options())
+    clock.run(model, limit, settings)
+    return True
 
 
 @dataclass
@@ -467,13 +508,13 @@ class _Search:
 
 
 def _window_solve(graph: TaskGraph, model: _Model, d: _Data, search: _Search, mask: np.ndarray, budget: float,
-                  settings: ScheduleSettings) -> bool:
+                  settings: ScheduleSettings, clock: _Clock) -> bool:
     """Re-order the free pairs under ``mask``, the rest fixed; True when it strictly improves."""
     values = _order_values(model, search.best.order)
     model.lo.value = np.where(mask, 0.0, values)
     model.hi.value = np.where(mask, 1.0, values)
     model.earliness.value = 1e-4 / max(d.n, 1) / max(search.best.span, 1e-12)
-    result = run_highs(model.problem, time_limit=budget, **settings.options())
+    result = clock.run(model, budget, settings)
     search.rounds += 1
     if not result.has_primal:
         return False
@@ -493,14 +534,14 @@ def _window_solve(graph: TaskGraph, model: _Model, d: _Data, search: _Search, ma
     return span < best.span - 1e-9 or sum(starts) < best_sum - 1e-6
 
 
-def _neighbourhood_search(graph: TaskGraph, model: _Model, d: _Data, settings: ScheduleSettings, began: float,
+def _neighbourhood_search(graph: TaskGraph, model: _Model, d: _Data, settings: ScheduleSettings, clock: _Clock,
                           progress: Callable[[Progress], None] | None) -> _Search:
     """Slide a time window over the incumbent, re-optimising the order inside it; widen it
     by half whenever a sweep finds nothing, until the time share is spent or the bound is met."""
     search = _Search(d.warm)
     stream_size = max(len(v) for v in graph.streams.values())
     width = max(d.warm.span * settings.lns_window / max(stream_size, 1), max(d.p))
-    deadline = began + settings.lns_fraction * settings.time_limit
+    deadline = clock.began + settings.lns_fraction * settings.time_limit
 
     def open_() -> bool:
         return time.monotonic() < deadline and search.best.span > d.lower + 1e-9
@@ -514,34 +555,42 @@ def _neighbourhood_search(graph: TaskGraph, model: _Model, d: _Data, settings: S
             left += width / 2
             if not mask.any():
                 continue
-            budget = min(settings.lns_budget, max(0.5, deadline - time.monotonic()))
+            budget = clock.budget(min(settings.lns_budget, max(0.5, deadline - time.monotonic())))
+            if budget <= 0:
+                break
             before = search.improvements
-            improved = _window_solve(graph, model, d, search, mask, budget, settings) or improved
+            improved = _window_solve(graph, model, d, search, mask, budget, settings, clock) or improved
             if progress is not None and search.improvements > before:
                 span = search.best.span
-                progress(Progress(span, d.lower, (span - d.lower) / span, time.monotonic() - began))
+                progress(Progress(span, d.lower, (span - d.lower) / span, clock.elapsed()))
         if not improved:
             width *= 1.5
     return search
 
 
-def _solve(graph: TaskGraph, model: _Model, d: _Data, settings: ScheduleSettings, began: float,
+def _solve(graph: TaskGraph, model: _Model, d: _Data, settings: ScheduleSettings, clock: _Clock,
            progress: Callable[[Progress], None] | None) -> tuple[HighsResult, _Search | None]:
-    """Neighbourhood search from the warm start, the warm start handed to HiGHS, then the full MIP."""
+    """Neighbourhood search from the warm start, the warm start handed to HiGHS, then the
+    full MIP with the time left (skipped when none is left: the incumbent stands)."""
     search = None
+    seeded = True
     if d.warm is not None and model.order is not None:
         if settings.objective == "makespan":
-            search = _neighbourhood_search(graph, model, d, settings, began, progress)
-        _fixed_solve(model, (search.best if search else d.warm).order, settings)
+            search = _neighbourhood_search(graph, model, d, settings, clock, progress)
+        seeded = _fixed_solve(model, (search.best if search else d.warm).order, settings, clock)
     if model.order is not None:
         model.lo.value, model.hi.value = np.zeros(len(model.free)), np.ones(len(model.free))
     model.earliness.value = 0.0
     upper = search.best.span if search is not None else d.upper
     if upper <= d.lower + 1e-9 and d.warm is not None and settings.objective == "makespan":
         return outcome(model.problem), search  # the incumbent meets the bound: nothing to prove
-    remaining = max(1.0, settings.time_limit - (time.monotonic() - began))
-    with progress_log(progress, began) as log_options:
-        result = run_highs(model.problem, time_limit=remaining, warm_start=True, **settings.options(), **log_options)
+    remaining = clock.budget(math.inf)
+    if not seeded or (remaining <= 0 and d.warm is not None):
+        # Out of time: the incumbent stands. The last call solved a restricted problem, so
+        # neither its values nor its bound speak for the whole one.
+        return HighsResult("time limit", has_primal=False, dual_bound=None, seconds=0.0), search
+    with progress_log(progress, clock.began) as log_options:
+        result = clock.run(model, max(remaining, MIN_SOLVE_SECONDS), settings, warm_start=True, **log_options)
     return result, search
 
 
@@ -549,7 +598,7 @@ def _solve(graph: TaskGraph, model: _Model, d: _Data, settings: ScheduleSettings
 
 
 def _certificate(graph: TaskGraph, model: _Model, d: _Data, pairs: _Pairs, result: HighsResult, search: _Search | None,
-                 settings: ScheduleSettings, began: float) -> LowerLevelResult:
+                 settings: ScheduleSettings, clock: _Clock) -> LowerLevelResult:
     """Status first, then values: the best order, its timing, and the proven bound."""
     makespan_goal = settings.objective == "makespan"
     bound = d.lower
@@ -579,7 +628,7 @@ def _certificate(graph: TaskGraph, model: _Model, d: _Data, pairs: _Pairs, resul
     return LowerLevelResult(
         order=found.order, start=list(found.starts), makespan=found.span, lower_bound=bound,
         gap=(found.span - bound) / found.span if found.span > 0 else 0.0, status=result.status,
-        solve_seconds=time.monotonic() - began, binaries=len(pairs.free), fixed_pairs=len(pairs.fixed), constraints=model.rows,
+        solve_seconds=clock.elapsed(), binaries=len(pairs.free), fixed_pairs=len(pairs.fixed), constraints=model.rows,
         source=source, peak_memory=_peaks(graph, found.order, d.delta), neighbourhoods=search.rounds if search else 0,
         improvements=search.improvements if search else 0, restricted=pairs.restricted,
     )
@@ -609,11 +658,31 @@ def solve_schedule(
     """
     settings = settings or ScheduleSettings()
     began = time.monotonic()
+    clock = _Clock(began, began + settings.time_limit)
     d = _data(graph, warm_order, memory_limit, settings)
+    if d.warm is not None and _pair_count(graph) * SECONDS_PER_PAIR > 0.5 * clock.left():
+        return _unsolved(graph, d, clock, "not solved: the model is too large for the time left")
     pairs = _classify_pairs(graph, d, settings)
     model = _build_model(graph, d, pairs, settings)
-    result, search = _solve(graph, model, d, settings, began, progress)
-    return _certificate(graph, model, d, pairs, result, search, settings, began)
+    clock.overhead = model.rows * SECONDS_PER_ROW  # the first call compiles the model
+    result, search = _solve(graph, model, d, settings, clock, progress)
+    return _certificate(graph, model, d, pairs, result, search, settings, clock)
+
+
+def _pair_count(graph: TaskGraph) -> int:
+    """Same-stream pairs: what classifying and building the model costs grows with."""
+    return sum(len(members) * (len(members) - 1) // 2 for members in graph.streams.values())
+
+
+def _unsolved(graph: TaskGraph, d: _Data, clock: _Clock, status: str) -> LowerLevelResult:
+    """The warm start with the combinatorial bound, when there is no time to build the MIP."""
+    warm = d.warm
+    bound = min(d.lower, warm.span)
+    return LowerLevelResult(
+        order=warm.order, start=list(warm.starts), makespan=warm.span, lower_bound=bound,
+        gap=(warm.span - bound) / warm.span if warm.span > 0 else 0.0, status=status, solve_seconds=clock.elapsed(),
+        binaries=0, fixed_pairs=0, constraints=0, source="warm start", peak_memory=_peaks(graph, warm.order, d.delta),
+    )
 
 
 def _peaks(graph: TaskGraph, order: Order, delta) -> dict[str, float]:
