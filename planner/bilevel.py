@@ -219,7 +219,7 @@ def check(scenario: Scenario, chosen: Candidate, lower: LowerLevelResult) -> tup
         lower.order,
         name=f"opplan plan ({chosen.name})",
         meta={
-            "planner": "bi-level MIP (CVXPY + HiGHS)",
+            "planner": "bi-level MIP (CVXPY + HiGHS; OR-Tools CP-SAT as a primal heuristic)",
             "placement": chosen.name,
             "warm_start": chosen.order_source,
             "source": lower.source,
@@ -307,7 +307,7 @@ def plan(
     lower = lower_level(chosen, limits, settings, progress)
     notes = []
     if lower.source == "warm start":
-        notes.append(f"the MIP found no better order in time: the schedule is the warm start ({chosen.order_source})")
+        notes.append(f"no engine found a better order in time: the schedule is the warm start ({chosen.order_source})")
     schedule, timeline = check(scenario, chosen, lower)
     return PlanResult(
         schedule=schedule,

@@ -83,6 +83,7 @@ def print_plan(result, console: Console) -> None:
         f" time windows), {lower.neighbourhoods} neighbourhood sub-MIPs ({lower.improvements} improvements),"
         f" status {lower.status}, {lower.solve_seconds:.1f} s"
     )
+    console.print(f"incumbent found by: {lower.source} (warm start: {result.warm_start})", highlight=False)
     console.print(
         f"plan: makespan {fmt_ms(result.makespan)} ms (simulated) | MIP timing {fmt_ms(lower.makespan)} ms |"
         f" lower bound {fmt_ms(lower.lower_bound)} ms | gap {100 * lower.gap:.2f}% | placement {result.placement}"

@@ -40,12 +40,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
+from planner.mip.cpsat import cpsat_available, solve_order
 from planner.mip.highs import HighsResult, Progress, outcome, progress_log, run_highs
 from planner.taskgraph import TaskGraph
 from simulator.errors import InfeasibleError
@@ -66,6 +67,8 @@ class ScheduleSettings:
     windows start ``lns_window`` average task lengths wide, each sub-MIP gets at most
     ``lns_budget`` seconds. Above ``max_binaries`` free pairs only those nearest the warm
     start stay free (the answer is then a neighbourhood's, marked ``restricted``).
+    ``cpsat_fraction`` of the time goes first to OR-Tools CP-SAT (:mod:`planner.mip.cpsat`,
+    ``cpsat_workers`` threads, ``seed``) as a primal heuristic; 0 turns it off.
     """
 
     objective: str = "makespan"
@@ -78,6 +81,9 @@ class ScheduleSettings:
     lns_window: float = 8.0
     lns_budget: float = 2.0
     max_binaries: int = 40_000
+    cpsat_fraction: float = 0.4
+    cpsat_workers: int = 8
+    seed: int = 0
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -112,7 +118,7 @@ class LowerLevelResult:
     binaries: int
     fixed_pairs: int
     constraints: int
-    source: str  # "mip" or "warm start" (the MIP found nothing better in time)
+    source: str  # the engine that found the order: "warm start", "cp-sat", "mip neighbourhood search" or "mip"
     peak_memory: Mapping[str, float] = field(default_factory=dict)
     neighbourhoods: int = 0  # sub-MIPs solved by the neighbourhood search
     improvements: int = 0
@@ -124,11 +130,12 @@ class LowerLevelResult:
 
 @dataclass(frozen=True)
 class _Incumbent:
-    """A complete order and its left-shifted timing."""
+    """A complete order, its left-shifted timing, and the engine that found it."""
 
     order: dict[tuple[str, str], list[int]]
     starts: list[float]
     span: float
+    engine: str = "warm start"
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,16 @@ def _limits(graph: TaskGraph, memory_limit: Mapping[str, float] | None) -> dict[
     return limits
 
 
+def _with_incumbent(d: _Data, incumbent: _Incumbent, settings: ScheduleSettings) -> _Data:
+    """The data with a better incumbent: its makespan tightens the windows and big-M values."""
+    window_upper = incumbent.span if settings.objective == "makespan" else math.inf
+    horizon = window_upper if math.isfinite(window_upper) else None
+    if horizon is None:
+        return replace(d, warm=incumbent)
+    latest = [horizon - d.p[t] - (d.tail[t] if settings.tight else 0.0) for t in range(d.n)]
+    return replace(d, warm=incumbent, window_upper=window_upper, latest=latest)
+
+
 def _data(graph: TaskGraph, warm_order: Order | None, memory_limit, settings: ScheduleSettings) -> _Data:
     limits = _limits(graph, memory_limit)
     p, tail = list(graph.duration), list(graph.tail)
@@ -184,6 +201,32 @@ def _data(graph: TaskGraph, warm_order: Order | None, memory_limit, settings: Sc
     latest = [horizon - p[t] - (tail[t] if settings.tight else 0.0) for t in range(len(p))]
     return _Data(p, list(graph.release), tail, graph.lower_bound, graph.memory_delta(), limits, graph.static_memory, warm,
                  window_upper, latest)
+
+
+def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: _Clock,
+                 progress: Callable[[Progress], None] | None) -> _Data:
+    """CP-SAT from the warm start, with its share of the time; its order, re-timed exactly
+    and checked for memory, becomes the incumbent when shorter."""
+    if (d.warm is None or settings.objective != "makespan" or settings.cpsat_fraction <= 0
+            or d.warm.span <= d.lower + 1e-9 or d.n > CPSAT_MAX_TASKS or not cpsat_available()):
+        return d
+    seconds = clock.budget(settings.cpsat_fraction * settings.time_limit)
+    if seconds <= 0:
+        return d
+    found = solve_order(graph, d.limits, seconds=seconds, hint=d.warm.order, upper=d.warm.span, seed=settings.seed,
+                        workers=settings.cpsat_workers)
+    if found is None:
+        return d
+    try:
+        starts = graph.left_shift(found.order)
+    except InfeasibleError:
+        return d
+    span = graph.makespan(starts)
+    if span >= d.warm.span - 1e-9 or not _within_memory(graph, found.order, d.delta, d.limits):
+        return d
+    if progress is not None:
+        progress(Progress(span, d.lower, (span - d.lower) / span, clock.elapsed()))
+    return _with_incumbent(d, _Incumbent(found.order, starts, span, "cp-sat"), settings)
 
 
 # -- pair classification ---------------------------------------------------------------------------
@@ -449,6 +492,8 @@ def _build_model(graph: TaskGraph, d: _Data, pairs: _Pairs, settings: ScheduleSe
 #: guard and the first solve's budget expect before anything was measured.
 SECONDS_PER_PAIR = 1e-5
 SECONDS_PER_ROW = 1e-5
+#: Above this many tasks CP-SAT is not tried (its model is built in Python, task by task).
+CPSAT_MAX_TASKS = 20_000
 #: Solver calls shorter than this are not worth starting.
 MIN_SOLVE_SECONDS = 0.2
 #: The full MIP's root LP runs past HiGHS's limit about twice as long as a neighbourhood's
@@ -539,7 +584,7 @@ def _window_solve(graph: TaskGraph, model: _Model, d: _Data, search: _Search, ma
         return False
     if not _within_memory(graph, candidate, d.delta, d.limits):
         return False
-    search.best = _Incumbent(candidate, starts, span)
+    search.best = _Incumbent(candidate, starts, span, "mip neighbourhood search")
     search.improvements += 1
     return span < best.span - 1e-9 or sum(starts) < best_sum - 1e-6
 
@@ -617,16 +662,15 @@ def _certificate(graph: TaskGraph, model: _Model, d: _Data, pairs: _Pairs, resul
         bound = max(bound, dual)
     elif result.status == "optimal" and makespan_goal and result.has_primal and not pairs.restricted:
         bound = max(bound, float(model.makespan.value) * (1 - settings.mip_gap))
-    found, source = None, "mip"
+    found = None
     if result.has_primal:
         order = graph.order_from_starts(list(model.start.value))
         starts = graph.left_shift(order)
-        found = _Incumbent(order, starts, graph.makespan(starts))
+        found = _Incumbent(order, starts, graph.makespan(starts), "mip")
     incumbent = search.best if search is not None else d.warm
     # A weighted objective may trade time for memory: its optimum can be longer than the warm start.
     if incumbent is not None and (found is None or (found.span > incumbent.span + 1e-9 and makespan_goal)):
         found = incumbent
-        source = "warm start" if incumbent.span >= d.upper - 1e-9 else "mip"
     if found is None:
         raise InfeasibleError(
             f"the scheduling MIP found no feasible schedule in {settings.time_limit:g} s (status {result.status})"
@@ -639,7 +683,7 @@ def _certificate(graph: TaskGraph, model: _Model, d: _Data, pairs: _Pairs, resul
         order=found.order, start=list(found.starts), makespan=found.span, lower_bound=bound,
         gap=(found.span - bound) / found.span if found.span > 0 else 0.0, status=result.status,
         solve_seconds=clock.elapsed(), binaries=len(pairs.free), fixed_pairs=len(pairs.fixed), constraints=model.rows,
-        source=source, peak_memory=_peaks(graph, found.order, d.delta), neighbourhoods=search.rounds if search else 0,
+        source=found.engine, peak_memory=_peaks(graph, found.order, d.delta), neighbourhoods=search.rounds if search else 0,
         improvements=search.improvements if search else 0, restricted=pairs.restricted,
     )
 
@@ -672,6 +716,7 @@ def solve_schedule(
     d = _data(graph, warm_order, memory_limit, settings)
     if d.warm is not None and _pair_count(graph) * SECONDS_PER_PAIR > 0.5 * clock.left():
         return _unsolved(graph, d, clock, "not solved: the model is too large for the time left")
+    d = _cpsat_phase(graph, d, settings, clock, progress)
     pairs = _classify_pairs(graph, d, settings)
     model = _build_model(graph, d, pairs, settings)
     clock.overhead = model.rows * SECONDS_PER_ROW  # the first call compiles the model
