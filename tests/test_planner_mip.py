@@ -175,3 +175,19 @@ def test_memory_objective_never_raises_the_peak():
     fast = solve_schedule(graph, ScheduleSettings(time_limit=10), warm_order=warm.order)
     lean = solve_schedule(graph, ScheduleSettings(time_limit=20, objective="memory", memory_weight=50.0), warm_order=warm.order)
     assert max(lean.peak_memory.values()) <= max(fast.peak_memory.values()) + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cpsat_finds_the_brute_force_optimum_within_memory(seed):
+    """CP-SAT's order, re-timed exactly, is optimal and within memory on tiny instances."""
+    from planner.mip.cpsat import solve_order
+
+    problem = _random_problem(seed + 100, ops=2, micro_batches=2, mode="training")
+    graph = TaskGraph(problem, by_operator(problem, {"o0": "gpu0", "o1": "gpu1"}))
+    greedy_peak = _peaks(graph, best_list_schedule(graph).order, graph.memory_delta())
+    limits = {d: max(greedy_peak[d] - 1.0, max(a for a, _ in graph.memory_delta())) for d in graph.devices}
+    found = solve_order(graph, limits, seconds=10)
+    assert found is not None and found.status == "optimal"
+    assert graph.makespan(graph.left_shift(found.order)) == pytest.approx(_brute_force(graph, limits))
+    peaks = _peaks(graph, found.order, graph.memory_delta())
+    assert all(peaks[d] <= limits[d] + 1e-9 for d in graph.devices)
