@@ -37,7 +37,7 @@ from simulator.problem import Task
 from simulator.scenario import Scenario
 from simulator.schedule import Schedule
 
-__all__ = ["Candidate", "PlanResult", "check", "evaluate", "lower_level", "plan", "propose"]
+__all__ = ["Budget", "Candidate", "PlanResult", "check", "evaluate", "lower_level", "plan", "propose", "with_builtin_order"]
 
 
 @dataclass(frozen=True)
@@ -186,20 +186,24 @@ def propose(scenario: Scenario, limits: Mapping[str, float], until: float) -> li
     return out
 
 
+def with_builtin_order(candidate: Candidate) -> Candidate:
+    """Step 2a (cheap: one timing pass): a built-in candidate evaluated with its own order."""
+    if candidate.builtin is None:
+        return candidate
+    order = candidate.graph.order_from_schedule(candidate.builtin)
+    try:
+        span = candidate.graph.makespan(candidate.graph.left_shift(order))
+    except InfeasibleError:
+        return candidate
+    return replace(candidate, makespan=span, order_source="built-in order", order=order)
+
+
 def evaluate(candidate: Candidate, limits: Mapping[str, float], budget: Budget | None = None) -> Candidate:
     """Step 2: the best order known for the candidate's placement — a built-in's own order
     or memory-aware list scheduling, whichever is shorter (unevaluated if neither fits, or
     if list scheduling cannot finish before the lower level must start)."""
-    graph = candidate.graph
-    best = candidate
-    if candidate.builtin is not None:
-        order = graph.order_from_schedule(candidate.builtin)
-        try:
-            span = graph.makespan(graph.left_shift(order))
-            best = replace(candidate, makespan=span, order_source="built-in order", order=order)
-        except InfeasibleError:
-            pass
-    heuristic = best_list_schedule(graph, memory_limit=limits, seeds=0, stop_trying=budget and budget.evaluations,
+    best = with_builtin_order(candidate)
+    heuristic = best_list_schedule(candidate.graph, memory_limit=limits, seeds=0, stop_trying=budget and budget.evaluations,
                                    deadline=budget and budget.lower_level_end)
     if heuristic is not None and (not best.evaluated or heuristic.makespan < best.makespan - 1e-12):
         best = replace(candidate, makespan=heuristic.makespan, order=heuristic.order,
@@ -236,19 +240,25 @@ def check(scenario: Scenario, chosen: Candidate, lower: LowerLevelResult) -> tup
 
 def _evaluate_all(proposed: list[Candidate], limits: Mapping[str, float], scenario: Scenario, budget: Budget,
                   say: Callable[[str], None]) -> list[Candidate]:
-    """Every proposal evaluated (none started past the evaluations' time once one is), best
-    first; none fitting the memory limit is an error."""
-    candidates = []
-    for index, candidate in enumerate(proposed):
-        if candidates and time.monotonic() > budget.evaluations:
-            say(f"  {len(proposed) - index} more candidates not evaluated: their share of the time limit is spent")
+    """Every proposal evaluated, best first; none fitting the memory limit is an error.
+    Built-in orders first (cheap), then list scheduling, most promising candidate first,
+    none started past the evaluations' share of the time once one candidate has an order."""
+    quick = [with_builtin_order(c) for c in proposed]
+    ranked = sorted(range(len(quick)), key=lambda i: (not quick[i].evaluated, quick[i].makespan, i))
+    done: dict[int, Candidate] = {}
+    for position, i in enumerate(ranked):
+        if (done or any(c.evaluated for c in quick)) and time.monotonic() > budget.evaluations:
+            say(f"  {len(ranked) - position} candidates not list-scheduled: their share of the time limit is spent")
             break
-        evaluated = evaluate(candidate, limits, budget)
+        done[i] = evaluate(proposed[i], limits, budget)
+    candidates = []
+    for i, candidate in enumerate(proposed):
+        evaluated = done.get(i, quick[i])
         if evaluated.evaluated:
             candidates.append(evaluated)
             say(f"  {evaluated.name}: {evaluated.makespan * 1e3:.6g} ms ({evaluated.order_source})")
         else:
-            say(f"  {candidate.name}: no schedule within the memory limit")
+            say(f"  {candidate.name}: no schedule within the memory limit" if i in done else f"  {candidate.name}: not evaluated")
     if not candidates and time.monotonic() > budget.lower_level_end:
         raise InfeasibleError(
             f"no schedule found within the time limit ({budget.end - budget.began:.3g} s): list scheduling did not finish;"

@@ -217,8 +217,12 @@ def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: 
     seconds = clock.budget(settings.cpsat_fraction * settings.time_limit)
     if seconds <= 0:
         return d, False
+    given = time.monotonic()
+    # Many threads on few cores overrun a short limit by a second or more: few for short calls.
+    workers = settings.cpsat_workers if seconds >= 4.0 else min(settings.cpsat_workers, 2)
     found = solve_order(graph, d.limits, seconds=seconds, hint=d.warm.order, upper=d.warm.span, seed=settings.seed,
-                        workers=settings.cpsat_workers)
+                        workers=workers)
+    logger.debug("CP-SAT: %s in %.2f s (time limit %.2f s)", found and found.status, time.monotonic() - given, seconds)
     if found is None:
         return d, False
     try:
@@ -497,7 +501,7 @@ def _build_model(graph: TaskGraph, d: _Data, pairs: _Pairs, settings: ScheduleSe
 #: Seconds per same-stream pair to classify it and build its rows, and per row for CVXPY to
 #: compile the model (measured on the bundled scenarios, ~2-3x margin): what the size
 #: guard and the first solve's budget expect before anything was measured.
-SECONDS_PER_PAIR = 1e-5
+SECONDS_PER_PAIR = 2e-5
 SECONDS_PER_ROW = 1e-5
 #: Above this many tasks CP-SAT is not tried (its model is built in Python, task by task).
 CPSAT_MAX_TASKS = 20_000
@@ -728,6 +732,8 @@ def solve_schedule(
     if d.warm is not None and _pair_count(graph) * SECONDS_PER_PAIR > 0.5 * clock.left():
         return _unsolved(graph, d, clock, "not solved: the model is too large for the time left")
     d, proven = _cpsat_phase(graph, d, settings, clock, progress)
+    if d.warm is not None and _pair_count(graph) * SECONDS_PER_PAIR > clock.left() - MIN_SOLVE_SECONDS:
+        return _unsolved(graph, d, clock, "time limit: no time left to build the MIP")
     pairs = _classify_pairs(graph, d, settings)
     model = _build_model(graph, d, pairs, settings)
     clock.overhead = model.rows * SECONDS_PER_ROW  # the first call compiles the model
@@ -741,13 +747,13 @@ def _pair_count(graph: TaskGraph) -> int:
 
 
 def _unsolved(graph: TaskGraph, d: _Data, clock: _Clock, status: str) -> LowerLevelResult:
-    """The warm start with the combinatorial bound, when there is no time to build the MIP."""
+    """The incumbent with the combinatorial bound, when there is no time to build the MIP."""
     warm = d.warm
     bound = min(d.lower, warm.span)
     return LowerLevelResult(
         order=warm.order, start=list(warm.starts), makespan=warm.span, lower_bound=bound,
         gap=(warm.span - bound) / warm.span if warm.span > 0 else 0.0, status=status, solve_seconds=clock.elapsed(),
-        binaries=0, fixed_pairs=0, constraints=0, source="warm start", peak_memory=_peaks(graph, warm.order, d.delta),
+        binaries=0, fixed_pairs=0, constraints=0, source=warm.engine, peak_memory=_peaks(graph, warm.order, d.delta),
     )
 
 
