@@ -96,7 +96,7 @@ def _row(name: str, graph: TaskGraph, limits, builtin, optimum, time_limit: floa
     if builtin is not None and graph.makespan(graph.left_shift(builtin)) < warm_span:
         warm_order, warm_span = builtin, graph.makespan(graph.left_shift(builtin))
     busy = {d: 0.0 for d in graph.devices}
-    for i, (device, _) in enumerate(graph.stream_of):
+    for i, (device, _) in enumerate(graph.device_stream):
         busy[device] += graph.duration[i]
     spans = {}
     for formulation in FORMULATIONS:

@@ -15,10 +15,12 @@ import click
 from opplan.commands.describe import describe
 from opplan.commands.plan import plan_command
 from opplan.commands.plot import plot
+from opplan.commands.profile import profile_command
 from opplan.commands.schedules import compare_command, schedule_command
 from opplan.commands.simulate import simulate, validate
 from opplan.commands.sweep import sweep
 from simulator.errors import OpplanError, ScheduleRejected
+from simulator.reading import recording_inputs
 
 __all__ = ["cli", "main"]
 
@@ -29,25 +31,34 @@ def cli() -> None:
     """Plan and simulate how a model is spread over a GPU cluster."""
 
 
-for _command in (simulate, validate, schedule_command, compare_command, describe, plan_command, sweep, plot):
+for _command in (simulate, validate, schedule_command, compare_command, describe, plan_command, sweep, plot, profile_command):
     cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning domain errors into one-line messages."""
     try:
-        cli.main(args=argv, prog_name="opplan", standalone_mode=False)
+        with recording_inputs():  # so that no output can overwrite any file this run read
+            cli.main(args=argv, prog_name="opplan", standalone_mode=False)
     except ScheduleRejected as exc:
         click.echo(f"opplan: error: {exc.file + ': ' if exc.file else ''}schedule rejected", err=True)
         for violation in exc.violations:
-            click.echo(f"  - {violation}", err=True)
+            click.echo(f"  - {violation.message}", err=True)
         return 1
     except OpplanError as exc:
         click.echo(f"opplan: error: {exc}", err=True)
         return 2
+    except (OverflowError, RecursionError, MemoryError) as exc:  # a last guard: the readers should refuse such input first
+        reason = " ".join(str(exc).split())[:120]
+        click.echo(f"opplan: error: the input is too large to compute with ({type(exc).__name__}: {reason})", err=True)
+        return 2
     except click.exceptions.Abort:
         click.echo("opplan: interrupted", err=True)
         return 130
+    except click.UsageError as exc:  # one line, like every other error; the command's --help has the rest
+        where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        click.echo(f"opplan: error: {exc.format_message()}{where}", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -28,7 +28,7 @@ from planner.heuristics import best_list_schedule
 from planner.memory import memory_limits
 from planner.mip.lower import LowerLevelResult, Progress, ScheduleSettings, solve_schedule
 from planner.mip.upper import solve_placement
-from planner.placements import by_operator, contiguous_partitions, is_chain, pipeline_placements
+from planner.placements import by_operator, contiguous_partitions, pipeline_placements
 from planner.taskgraph import TaskGraph
 from simulator.coarsen import chain_groups, coarsen
 from simulator.engine import Timeline, replay
@@ -127,7 +127,7 @@ def _builtin_candidates(scenario: Scenario, limits: Mapping[str, float], until: 
             continue
         if timeline.violations:
             continue
-        peaks = {d: max(level for _, level in samples) for d, samples in timeline.memory.items()}
+        peaks = {d: level for d, (_, level) in timeline.memory_peaks().items()}
         if all(peaks[d] <= limits[d] * (1 + 1e-9) for d in peaks):
             out.append((name, schedule))
     return out
@@ -180,7 +180,7 @@ def propose(scenario: Scenario, limits: Mapping[str, float], until: float) -> li
     out = [Candidate(f"{name} (built-in)", TaskGraph(problem, schedule.placement()), builtin=schedule)
            for name, schedule in _builtin_candidates(scenario, limits, until)]
     out += [Candidate(name, TaskGraph(problem, placement)) for name, placement in pipeline_placements(problem).items()]
-    if not is_chain(problem):
+    if not problem.graph.is_chain:
         placements = _upper_level_placements(scenario, limits, until - time.monotonic())
         out += [Candidate(name, TaskGraph(problem, placement)) for name, placement in placements]
     return out
@@ -234,7 +234,7 @@ def check(scenario: Scenario, chosen: Candidate, lower: LowerLevelResult) -> tup
     )
     timeline = replay(scenario.problem, schedule)
     if timeline.violations:
-        raise InfeasibleError("the planned schedule failed its replay: " + timeline.violations[0], file=scenario.file)
+        raise InfeasibleError("the planned schedule failed its replay: " + timeline.violations[0].message, file=scenario.file)
     return schedule, timeline
 
 

@@ -89,13 +89,13 @@ class _State:
 def _initial_state(graph: TaskGraph, memory_limit, rule: str, seed: int | None, reserve: bool) -> _State:
     n = len(graph.tasks)
     delta = graph.memory_delta()
-    device_of = [s[0] for s in graph.stream_of]
+    device_of = [s[0] for s in graph.device_stream]
     limits = dict(memory_limit or {d: graph.problem.cluster.by_name[d].memory_bytes for d in graph.devices})
     waiting = [len(graph.preds[j]) for j in range(n)]
     ready: dict[tuple[str, str], set[int]] = {s: set() for s in graph.streams}
     for j in range(n):
         if waiting[j] == 0:
-            ready[graph.stream_of[j]].add(j)
+            ready[graph.device_stream[j]].add(j)
     state = _State(graph, limits, _priority(graph, rule, seed), reserve, delta, device_of, dict(graph.static_memory),
                    dict(graph.static_memory), waiting, [0.0] * n, ready, dict.fromkeys(graph.streams, 0.0),
                    order={s: [] for s in graph.streams}, start=[0.0] * n)
@@ -182,7 +182,7 @@ def _commit(s: _State, j: int, at: float, stream: tuple[str, str]) -> None:
         s.ready_time[arc.dst] = max(s.ready_time[arc.dst], end + arc.lag)
         s.waiting[arc.dst] -= 1
         if s.waiting[arc.dst] == 0:
-            s.ready[s.graph.stream_of[arc.dst]].add(arc.dst)
+            s.ready[s.graph.device_stream[arc.dst]].add(arc.dst)
 
 
 def list_schedule(

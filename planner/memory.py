@@ -31,4 +31,4 @@ def memory_like(scenario: Scenario, name: str) -> float:
     from planner.schedules import generate
 
     timeline = replay(scenario.problem, generate(name, scenario))
-    return max(level for samples in timeline.memory.values() for _, level in samples)
+    return max(level for _, level in timeline.memory_peaks().values())

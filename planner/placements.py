@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from simulator.errors import InfeasibleError
+from simulator.partition import contiguous_split
 from simulator.problem import Problem, Task
 
-__all__ = ["by_operator", "is_chain", "chain_order", "pipeline_placements", "contiguous_partitions"]
+__all__ = ["by_operator", "pipeline_placements", "contiguous_partitions"]
 
 
 def by_operator(problem: Problem, op_device: Mapping[str, str]) -> dict[Task, str]:
@@ -25,51 +26,18 @@ def by_operator(problem: Problem, op_device: Mapping[str, str]) -> dict[Task, st
     return {task: op_device[task.op] for task in problem.tasks()}
 
 
-def is_chain(problem: Problem) -> bool:
-    """True when the operators form one path (a pipeline of stages)."""
-    graph = problem.graph
-    return all(len(graph.predecessors[o]) <= 1 and len(graph.successors[o]) <= 1 for o in graph.by_name) and (
-        len(graph.edges) == len(graph.operators) - 1
-    )
-
-
-def chain_order(problem: Problem) -> tuple[str, ...]:
-    return problem.graph.topological_order
-
-
 def contiguous_partitions(problem: Problem, devices: int) -> dict[str, str]:
     """Split the topological order into ``devices`` contiguous blocks of balanced work.
 
     The classic chain partition (what pipeline parallelism does by hand): minimises the
-    largest block's forward+backward time with a linear-partition dynamic program.
+    largest block's forward+backward time on the first device
+    (:func:`simulator.partition.contiguous_split`); block ``b`` goes to device ``b``.
     """
-    ops = list(problem.graph.topological_order)
-    names = problem.cluster.device_names[:devices]
+    ops = problem.graph.topological_order
+    names = problem.cluster.device_names
     device0 = problem.cluster.devices[0]
     work = [sum(problem.duration(Task(op, 0, k), device0) for k in problem.workload.kinds) for op in ops]
-    n = len(ops)
-    parts = min(devices, n)
-    prefix = [0.0]
-    for w in work:
-        prefix.append(prefix[-1] + w)
-    inf = float("inf")
-    best = [[inf] * (parts + 1) for _ in range(n + 1)]
-    cut = [[0] * (parts + 1) for _ in range(n + 1)]
-    best[0][0] = 0.0
-    for i in range(1, n + 1):
-        for k in range(1, min(parts, i) + 1):
-            for j in range(k - 1, i):
-                value = max(best[j][k - 1], prefix[i] - prefix[j])
-                if value < best[i][k] - 1e-15:
-                    best[i][k], cut[i][k] = value, j
-    bounds = []
-    i = n
-    for k in range(parts, 0, -1):
-        j = cut[i][k]
-        bounds.append((j, i))
-        i = j
-    bounds.reverse()
-    return {ops[t]: names[block] for block, (a, b) in enumerate(bounds) for t in range(a, b)}
+    return {op: names[block] for op, block in zip(ops, contiguous_split(work, min(devices, len(ops))))}
 
 
 def pipeline_placements(problem: Problem) -> dict[str, dict[Task, str]]:
@@ -80,9 +48,9 @@ def pipeline_placements(problem: Problem) -> dict[str, dict[Task, str]]:
     second half run stage s on device D-1-s (DualPipe); ``v-shape``: S = 2D stages,
     stage s < D on device s and stage s >= D on device 2D-1-s (ZB-V, DualPipeV).
     """
-    if not is_chain(problem):
+    if not problem.graph.is_chain:
         return {}
-    stages = list(chain_order(problem))
+    stages = list(problem.graph.topological_order)
     names = problem.cluster.device_names
     count, total = len(names), len(stages)
     m = problem.workload.micro_batches

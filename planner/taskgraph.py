@@ -61,7 +61,7 @@ class TaskGraph:
         return tuple(d for d in self.problem.cluster.device_names if d in used)
 
     @cached_property
-    def stream_of(self) -> tuple[tuple[str, str], ...]:
+    def device_stream(self) -> tuple[tuple[str, str], ...]:
         """(device, stream) of each task: tasks on the same stream never overlap."""
         by_name = self.problem.graph.by_name
         return tuple((self.device_of[t], by_name[t.op].stream) for t in self.tasks)
@@ -69,7 +69,7 @@ class TaskGraph:
     @cached_property
     def streams(self) -> Mapping[tuple[str, str], tuple[int, ...]]:
         out: dict[tuple[str, str], list[int]] = {}
-        for i, key in enumerate(self.stream_of):
+        for i, key in enumerate(self.device_stream):
             out.setdefault(key, []).append(i)
         return {k: tuple(v) for k, v in out.items()}
 
@@ -227,7 +227,7 @@ class TaskGraph:
         for _, entry in schedule.entries():
             for task in entry.tasks:
                 i = self.index[task]
-                order[self.stream_of[i]].append(i)
+                order[self.device_stream[i]].append(i)
         return order
 
     def to_schedule(self, order: Mapping[tuple[str, str], Sequence[int]], *, name: str, meta: Mapping) -> Schedule:
@@ -246,12 +246,6 @@ class TaskGraph:
 
     @cached_property
     def static_memory(self) -> Mapping[str, float]:
-        by_name = self.problem.graph.by_name
-        ops: dict[str, set[str]] = {d: set() for d in self.devices}
-        for t, d in self.device_of.items():
-            ops[d].add(t.op)
-        return {d: float(sum(by_name[o].static_bytes for o in names)) for d, names in ops.items()}
-
-    @staticmethod
-    def from_schedule(problem: Problem, schedule: Schedule) -> TaskGraph:
-        return TaskGraph(problem, schedule.placement())
+        """Weights, gradients and optimizer state per device (:meth:`Problem.static_memory`)."""
+        static = self.problem.static_memory(self.device_of)
+        return {d: static[d] for d in self.devices}

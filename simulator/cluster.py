@@ -9,7 +9,7 @@ latency ``L`` and bottleneck bandwidth ``W`` takes ``L + S / W``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
@@ -30,6 +30,9 @@ class Device:
     peak_flops: float
     efficiency: float = 1.0
     node: int = 0
+    #: Achieved rates of work classes other than ``gemm`` (which is ``effective_flops``):
+    #: ``hbm`` in bytes/s, ``attention.<kernel>`` in FLOP/s (see :mod:`simulator.costs`).
+    rates: Mapping[str, float] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.memory_bytes <= 0:
@@ -42,6 +45,28 @@ class Device:
     @property
     def effective_flops(self) -> float:
         return self.peak_flops * self.efficiency
+
+    def work_time(self, work: Mapping[str, float]) -> float:
+        """Seconds for one pass's work: each class's amount over this device's rate, summed.
+
+        A roofline per part: each piece was put in the class that bounds it. ``gemm`` and an
+        ``attention.*`` class the device has no figure for run at ``effective_flops``; a
+        device without an ``hbm`` figure (a hand-written ``device:``) does memory-bound work
+        for free, as the FLOP-only model did.
+
+        >>> d = Device("g", "x", 1e9, peak_flops=100.0, efficiency=0.5, rates={"hbm": 10.0})
+        >>> d.work_time({"gemm": 100.0, "hbm": 20.0, "attention.cudnn": 50.0})
+        5.0
+        """
+        total = 0.0
+        for name, amount in work.items():
+            rate = self.rates.get(name)
+            if rate is None:
+                if name in ("hbm", "launch"):
+                    continue
+                rate = self.effective_flops
+            total += amount / rate
+        return total
 
 
 @dataclass(frozen=True)

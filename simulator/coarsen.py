@@ -28,6 +28,7 @@ import networkx as nx
 
 from simulator.errors import InputError
 from simulator.graph import KINDS, Edge, Operator, OperatorGraph
+from simulator.partition import contiguous_split
 
 __all__ = ["Coarsening", "coarsen", "chain_groups"]
 
@@ -111,14 +112,15 @@ def coarsen(graph: OperatorGraph, groups: Mapping[str, str] | None = None) -> Co
 def chain_groups(graph: OperatorGraph, n: int, *, weight: Callable[[Operator], float] | None = None) -> dict[str, str]:
     """Split the topological order into ``n`` contiguous groups ``stage0 .. stage<n-1>``.
 
-    Balanced: the heaviest group is as light as a contiguous split allows. The weight of
-    an operator is ``weight(op)``; by default its total FLOPs when the graph has any,
-    else its total measured time (on ``"*"`` or its first device type), else 1.
-    Contiguous pieces of a topological order always give an acyclic quotient.
+    Balanced: the heaviest group is as light as a contiguous split allows
+    (:func:`simulator.partition.contiguous_split`). The weight of an operator is
+    ``weight(op)``; by default its total FLOPs when the graph has any, else its total
+    measured time (on ``"*"`` or its first device type), else 1. Contiguous pieces of
+    a topological order always give an acyclic quotient.
 
     >>> from simulator.graph import chain_graph
     >>> chain_groups(chain_graph("p", 5, {"F": 1.0}), 2)
-    {'s0': 'stage0', 's1': 'stage0', 's2': 'stage0', 's3': 'stage1', 's4': 'stage1'}
+    {'s0': 'stage0', 's1': 'stage0', 's2': 'stage1', 's3': 'stage1', 's4': 'stage1'}
     """
     order = graph.topological_order
     if n < 1:
@@ -129,9 +131,7 @@ def chain_groups(graph: OperatorGraph, n: int, *, weight: Callable[[Operator], f
     weights = [float(weigh(graph.by_name[op])) for op in order]
     if any(w < 0 for w in weights):
         raise InputError("operator weights must not be negative", field="groups")
-    bound = _bottleneck(weights, n)
-    cuts = _split(weights, n, bound)
-    return {op: f"stage{cuts[i]}" for i, op in enumerate(order)}
+    return {op: f"stage{group}" for op, group in zip(order, contiguous_split(weights, n))}
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -170,6 +170,12 @@ def _merge(name: str, ops: Sequence[Operator]) -> Operator:
         if times:
             measured[device_type] = times
     all_comm = all(op.stream == "comm" for op in ops)
+    work: dict[str, dict[str, float]] = {}
+    for op in ops if any(op.work for op in ops) else ():
+        # A member without work stands for its FLOPs at the GEMM rate, as it would alone.
+        for kind, classes in (op.work or {k: {"gemm": v} for k, v in op.flops.items()}).items():
+            for cls, amount in classes.items():
+                work.setdefault(kind, {})[cls] = work.get(kind, {}).get(cls, 0.0) + amount
     return Operator(
         name=name,
         flops=flops,
@@ -182,6 +188,7 @@ def _merge(name: str, ops: Sequence[Operator]) -> Operator:
         stream="comm" if all_comm else "compute",
         comm_bytes=sum(op.comm_bytes for op in ops),
         group=name,
+        work=work,
     )
 
 
@@ -198,41 +205,3 @@ def _default_weight(graph: OperatorGraph) -> Callable[[Operator], float]:
 
         return measured_total
     return lambda op: 1.0
-
-
-def _groups_needed(weights: Sequence[float], bound: float) -> int:
-    count, load = 1, 0.0
-    for w in weights:
-        if load + w > bound and load > 0:
-            count, load = count + 1, 0.0
-        load += w
-    return count
-
-
-def _bottleneck(weights: Sequence[float], n: int) -> float:
-    """The smallest largest-group weight of a contiguous split into at most ``n`` groups."""
-    low, high = max(weights), sum(weights)
-    if _groups_needed(weights, low) <= n:
-        return low
-    for _ in range(100):  # bisection on the bound; each probe is a greedy O(len) pass
-        mid = (low + high) / 2
-        if _groups_needed(weights, mid) <= n:
-            high = mid
-        else:
-            low = mid
-        if high - low <= 1e-12 * high:
-            break
-    return high
-
-
-def _split(weights: Sequence[float], n: int, bound: float) -> list[int]:
-    """Group index per position: greedy under ``bound``, cutting early so all ``n`` groups are non-empty."""
-    out: list[int] = []
-    group, load = 0, 0.0
-    for i, w in enumerate(weights):
-        remaining_ops, remaining_groups = len(weights) - i, n - group - 1
-        if out and ((load + w > bound and load > 0) or remaining_ops == remaining_groups):
-            group, load = group + 1, 0.0
-        out.append(group)
-        load += w
-    return out

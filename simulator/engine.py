@@ -6,8 +6,9 @@ device* and the stream is free (and not before its declared ``start``, if any). 
 a task finishes, its outputs go to the devices of the tasks that consume them: at
 once on the same device, otherwise as a transfer process that holds every link of the
 route (SimPy ``Resource`` of capacity 1, acquired in a fixed order so transfers never
-deadlock each other) for ``latency + bytes / bandwidth``. Memory is a SimPy
-``Container`` per device; every allocation is checked against the capacity.
+deadlock each other) for ``latency + bytes / bandwidth``. Memory is a plain float per
+device (bytes in use), not a SimPy ``Container``: nothing ever waits for memory, an
+allocation that goes over the capacity is recorded as a violation instead of blocking.
 
 When the event queue runs dry with entries still waiting, the schedule deadlocks: the
 streams' wait-for relation is followed to name the cycle.
@@ -30,6 +31,7 @@ from simulator.errors import ScheduleRejected
 from simulator.problem import Problem, Task
 from simulator.schedule import Entry, Schedule
 from simulator.validation import static_violations
+from simulator.violations import Violation
 
 __all__ = ["Executed", "Transfer", "Timeline", "gc_paused", "replay", "simulate"]
 
@@ -68,13 +70,21 @@ class Timeline:
     #: Per device: (time, bytes in use) after each change, starting with static memory at 0.
     memory: Mapping[str, tuple[tuple[float, float], ...]]
     static_memory: Mapping[str, float]
-    violations: tuple[str, ...]
+    violations: tuple[Violation, ...]
     makespan: float
     completed: bool
 
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    def memory_peaks(self) -> dict[str, tuple[float, float]]:
+        """Per device: ``(time, bytes)`` of its highest memory level (the first time it is reached).
+
+        The one place a peak is read off the samples: reports, ``--memory-like`` and the
+        planner's memory checks all use it.
+        """
+        return {device: max(samples, key=lambda s: (s[1], -s[0])) for device, samples in self.memory.items()}
 
 
 #: Flat key of a delivered tensor: (pred_op, pred_kind, mb, consumer_op, consumer_kind).
@@ -121,7 +131,21 @@ def gc_paused() -> Iterator[None]:
 def replay(problem: Problem, schedule: Schedule) -> Timeline:
     """Replay ``schedule``; static violations raise :class:`ScheduleRejected` at once,
     run-time ones (deadlock, memory over capacity, an impossible declared start) are
-    returned in ``Timeline.violations``."""
+    returned in ``Timeline.violations``.
+
+    GPipe on 4 stages and 8 micro-batches, F = B = W = 1 ms (the bundled example):
+
+    >>> from simulator.metrics import build_report
+    >>> from simulator.scenario import load_scenario
+    >>> from simulator.schedule import load_schedule
+    >>> scenario = load_scenario("scenarios/pipeline-4x8.yaml")
+    >>> timeline = replay(scenario.problem, load_schedule(scenario.schedule_file))
+    >>> timeline.ok, round(timeline.makespan * 1e3, 9)  # (m + p - 1)(F + B + W)
+    (True, 33.0)
+    >>> report = build_report(timeline)
+    >>> round(report.max_bubble * 1e3, 9), report.peak_memory / 1e9  # (p - 1)(F + B + W); 10 GB static + 8 x 2 GB
+    (9.0, 26.0)
+    """
     with gc_paused():
         static = static_violations(problem, schedule)
         if static:
@@ -206,7 +230,7 @@ class _Replay:
         self.waiting: dict[_Key, simpy.Event] = {}
         self.executed: list[Executed] = []
         self.transfers: list[Transfer] = []
-        self.violations: list[str] = []
+        self.violations: list[Violation] = []
         cluster = problem.cluster
         self.links = {link.name: simpy.Resource(self.env, capacity=1) for link in cluster.links}
         self.capacity = {d.name: d.memory_bytes for d in cluster.devices}
@@ -219,12 +243,10 @@ class _Replay:
         self.paths: dict[tuple[str, str], tuple[Route, tuple[simpy.Resource, ...]] | None] = {}
         self.task_memory = {key: problem.task_memory(*key) for key in self.deps}
         # Memory: static (weights, gradients, optimizer state of every operator the device runs).
-        ops_on: dict[str, set[str]] = {d: set() for d in schedule.devices}
-        for task, device in self.placement.items():
-            ops_on[device].add(task[0])
-        by_name = problem.graph.by_name
-        self.static = {d: float(sum(by_name[o].static_bytes for o in ops)) for d, ops in ops_on.items()}
-        self.memory = {d: simpy.Container(self.env, init=0.0) for d in schedule.devices}
+        static = problem.static_memory(self.placement)
+        self.static = {d: static.get(d, 0.0) for d in schedule.devices}
+        #: Bytes in use per device.
+        self.level = dict.fromkeys(schedule.devices, 0.0)
         self.samples: dict[str, list[tuple[float, float]]] = {d: [(0.0, 0.0)] for d in schedule.devices}
         for device, amount in self.static.items():
             self._allocate(device, amount)
@@ -235,9 +257,7 @@ class _Replay:
     def _allocate(self, device: str, amount: float) -> None:
         if amount <= 0:
             return
-        container = self.memory[device]
-        container._level += amount  # Container.put would block at capacity; we report instead.
-        level = container._level
+        level = self.level[device] = self.level[device] + amount
         self.samples[device].append((self.env.now, level))
         if level > self.capacity[device] * (1 + 1e-12):
             worst = self.over_capacity.get(device)
@@ -247,9 +267,8 @@ class _Replay:
     def _free(self, device: str, amount: float) -> None:
         if amount <= 0:
             return
-        container = self.memory[device]
-        container._level -= amount
-        self.samples[device].append((self.env.now, container._level))
+        level = self.level[device] = self.level[device] - amount
+        self.samples[device].append((self.env.now, level))
 
     # -- data movement ---------------------------------------------------------------------
     def _arrive(self, key: _Key) -> None:
@@ -269,15 +288,18 @@ class _Replay:
             self.paths[key] = (route, resources) if route.links else None
         return self.paths[key]
 
-    def _deliver(self, task: tuple, device: str) -> None:
+    def _deliver(self, task: tuple, device: str, where: str = "all") -> None:
         """Send ``task``'s outputs to every consumer: at once on the same device (or over
-        an ideal interconnect), otherwise as a transfer over the route."""
+        an ideal interconnect), otherwise as a transfer over the route. ``where``:
+        ``local`` / ``remote`` hands over only to consumers on / off ``device``."""
         op, mb, kind = task
         placement, paths = self.placement, self.paths
         arrival, waiting, now = self.arrival, self.waiting, self.env.now
         for cons_op, cons_kind, size in self.cons[op, kind]:
             key = (op, kind, mb, cons_op, cons_kind)
             target = placement[cons_op, mb, cons_kind]
+            if where != "all" and (target == device) != (where == "local"):
+                continue
             if target != device:
                 path = paths[device, target] if (device, target) in paths else self._path(device, target)
                 if path is not None:
@@ -287,6 +309,23 @@ class _Replay:
             event = waiting.pop(key, None)
             if event is not None:
                 event.succeed()
+
+    def _send(self, entry: Entry, held: list, device: str) -> None:
+        """Deliver a finished slot's outputs, and those an earlier ``send_after_next`` slot held.
+
+        A ``send_after_next`` slot hands its activations to its own device at once and
+        keeps its sends for the end of the next slot (DualPipe's reference send points).
+        """
+        for task in held:  # an earlier slot's sends leave now, whatever this slot does
+            self._deliver(task, device, "remote")
+        held.clear()
+        if entry.send_after_next:
+            for task in entry.tasks:
+                self._deliver(task, device, "local")
+            held.extend(entry.tasks)
+            return
+        for task in entry.tasks:
+            self._deliver(task, device)
 
     # -- streams ---------------------------------------------------------------------------
     def _inputs(self, entry: Entry) -> list[_Key]:
@@ -304,6 +343,15 @@ class _Replay:
             if (p, mb, k) not in inside
         ]
 
+    def _prefetched(self, entry: Entry, device: str) -> list[_Key]:
+        """Inputs from other devices of ``entry``'s prefetched tasks (receives posted early)."""
+        return [
+            (p, k, mb, op, kind)
+            for op, mb, kind in entry.prefetch
+            for p, k in self.preds[op, kind]
+            if self.placement.get((p, mb, k), device) != device
+        ]
+
     def _costs(self, device: str) -> dict[tuple[str, str], tuple[float, float, float]]:
         """``(op, kind) -> (seconds on device, bytes allocated at start, bytes freed at end)``."""
         problem = self.problem
@@ -313,15 +361,16 @@ class _Replay:
         }
 
     def _stream(self, state: _StreamState):
+        """The SimPy process of one device stream: each entry waits for its inputs (and its
+        declared start), allocates, runs, frees and delivers, in the listed order."""
         env = self.env
-        problem = self.problem
-        device = state.device
+        device, stream = state.device, state.stream
         costs = self._costs(device)
         preds = self.preds
         arrival, waiting = self.arrival, self.waiting
         executed = self.executed
-        allocate, free, deliver, inputs_of = self._allocate, self._free, self._deliver, self._inputs
-        stream = state.stream
+        allocate, free, deliver = self._allocate, self._free, self._deliver
+        held: list = []  # outputs of a slot that sends only after the next one
         for index, entry in enumerate(state.entries):
             state.position = index
             tasks = entry.tasks
@@ -330,7 +379,9 @@ class _Replay:
                 template = preds[op, kind]
                 inputs = [(p, k, mb, op, kind) for p, k in template] if template else ()
             else:
-                inputs = inputs_of(entry)
+                inputs = self._inputs(entry)
+            if entry.prefetch:
+                inputs = [*inputs, *self._prefetched(entry, device)]
             for key in inputs:
                 if key not in arrival:
                     event = waiting.get(key)
@@ -340,39 +391,51 @@ class _Replay:
                     yield event
             state.waiting_on = None
             if entry.start is not None:
-                ready = env.now
-                if entry.start > ready:
-                    yield env.timeout(entry.start - ready)
-                elif entry.start < ready - (1e-9 + 1e-6 * entry.start):
-                    self.violations.append(
-                        f"{entry} on {device} is declared to start at {entry.start * 1e3:.6g} ms"
-                        f" but cannot start before {ready * 1e3:.6g} ms (inputs or the stream are not ready)"
-                    )
+                if entry.start > env.now:
+                    yield env.timeout(entry.start - env.now)
+                else:
+                    self._check_start(entry, device)
             start = env.now
             if len(tasks) == 1:
                 duration, alloc, freed = costs[op, kind]
                 if alloc > 0:
                     allocate(device, alloc)
             else:
-                parts = [costs[t_op, t_kind] for t_op, _, t_kind in tasks]
-                times = [part[0] for part in parts]
-                if entry.overlap:
-                    duration = problem.fused_duration(times[0], sum(times[1:]))
-                else:
-                    duration = sum(times)
-                freed = 0.0
-                for _, alloc, t_free in parts:
-                    allocate(device, alloc)
-                    freed += t_free
+                duration, freed = self._start_group(entry, costs, device)
             if duration > 0:
                 yield env.timeout(duration)
             if freed > 0:
                 free(device, freed)
             executed.append(Executed(device, stream, entry, start, env.now))
-            for task in tasks:
-                deliver(task, device)
+            self._send(entry, held, device)
+        for task in held:
+            deliver(task, device, "remote")
         state.position = len(state.entries)
         state.done = True
+
+    def _start_group(self, entry: Entry, costs: Mapping, device: str) -> tuple[float, float]:
+        """Allocate for every task of a group at its start; return (seconds, bytes freed at its end)."""
+        parts = [costs[op, kind] for op, _, kind in entry.tasks]
+        times = [part[0] for part in parts]
+        if entry.overlap:
+            duration = self.problem.fused_duration(times[0], sum(times[1:]))
+        else:
+            duration = sum(times)
+        freed = 0.0
+        for _, alloc, task_frees in parts:
+            self._allocate(device, alloc)
+            freed += task_frees
+        return duration, freed
+
+    def _check_start(self, entry: Entry, device: str) -> None:
+        """An entry ready only after its declared start runs late: a ``start`` violation."""
+        declared, ready = entry.start, self.env.now
+        assert declared is not None
+        if declared < ready - (1e-9 + 1e-6 * declared):
+            message = (f"{entry} on {device} is declared to start at {declared * 1e3:.6g} ms"
+                       f" but cannot start before {ready * 1e3:.6g} ms (inputs or the stream are not ready)")
+            self.violations.append(Violation("start", message, device=device, task=entry.tasks[0],
+                                             time=declared, amount=ready - declared))
 
     def run(self) -> Timeline:
         with gc_paused():
@@ -393,13 +456,12 @@ class _Replay:
         self.env.run()
         completed = all(state.done for state in self.states)
         if not completed:
-            self.violations.insert(0, self._deadlock_message())
+            self.violations.insert(0, self._deadlock())
         for device, (when, level) in sorted(self.over_capacity.items()):
             cap = self.capacity[device]
-            self.violations.append(
-                f"memory over capacity on {device}: {level / 1e9:.4g} GB in use at {when * 1e3:.6g} ms,"
-                f" {(level - cap) / 1e9:.4g} GB over its {cap / 1e9:.4g} GB"
-            )
+            message = (f"memory over capacity on {device}: {level / 1e9:.4g} GB in use at {when * 1e3:.6g} ms,"
+                       f" {(level - cap) / 1e9:.4g} GB over its {cap / 1e9:.4g} GB")
+            self.violations.append(Violation("memory", message, device=device, time=when, amount=level - cap))
         ends = [e.end for e in self.executed] + [t.end for t in self.transfers]
         return Timeline(
             problem=self.problem,
@@ -413,7 +475,7 @@ class _Replay:
             completed=completed,
         )
 
-    def _deadlock_message(self) -> str:
+    def _deadlock(self) -> Violation:
         """Follow 'stream A waits for a task that stream B has not run' to a cycle."""
         stuck = [s for s in self.states if not s.done]
 
@@ -432,6 +494,8 @@ class _Replay:
             if state is None:
                 continue
             cycle = seen[seen.index(state):]
+            waits = cycle[0].waiting_on
+            assert waits is not None
             parts = []
             for s in cycle:
                 pred_op, pred_kind, mb, cons_op, cons_kind = s.waiting_on  # type: ignore[misc]
@@ -440,6 +504,8 @@ class _Replay:
                     f"{s.device} waits at {Task(cons_op, mb, cons_kind)} for {Task(pred_op, mb, pred_kind)}"
                     f" (on {owner.device}, not yet run)"
                 )
-            return "deadlock: " + "; ".join(parts)
+            message = "deadlock: " + "; ".join(parts)
+            return Violation("deadlock", message, device=cycle[0].device, task=Task(waits[3], waits[2], waits[4]))
         heads = ", ".join(f"{s.device}:{s.entries[s.position]}" for s in stuck[:5])
-        return f"deadlock: {len(stuck)} streams never finished (stuck at {heads})"
+        message = f"deadlock: {len(stuck)} streams never finished (stuck at {heads})"
+        return Violation("deadlock", message, device=stuck[0].device, task=stuck[0].entries[stuck[0].position].tasks[0])

@@ -30,7 +30,8 @@ class InputError(OpplanError):
 
 
 class ScheduleRejected(OpplanError):
-    """A schedule broke one or more rules; ``violations`` lists every one found."""
+    """A schedule broke one or more rules; ``violations`` lists every one found
+    (:class:`simulator.violations.Violation` values; the message shows the first)."""
 
     def __init__(self, violations: list, *, file: str | None = None):
         self.violations = list(violations)

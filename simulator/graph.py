@@ -22,11 +22,10 @@ import networkx as nx
 
 from simulator.errors import InputError
 
-__all__ = ["KINDS", "TRAINING_KINDS", "Operator", "Edge", "OperatorGraph", "chain_graph"]
+__all__ = ["KINDS", "Operator", "Edge", "OperatorGraph", "chain_graph"]
 
 #: Task kinds: forward, backward for inputs, backward for weights.
 KINDS = ("F", "B", "W")
-TRAINING_KINDS = KINDS
 STREAMS = ("compute", "comm")
 
 
@@ -63,9 +62,17 @@ class Operator:
     comm_bytes: float = 0.0
     #: Label used for coarsening (layer, expert, tower); empty means "own group".
     group: str = ""
+    #: Work per kind by rate class (``gemm`` FLOPs, ``hbm`` bytes, ``attention.<kernel>``
+    #: FLOPs; see :mod:`simulator.costs`). When given, a device prices it with its own rates
+    #: (:meth:`simulator.cluster.Device.work_time`) instead of ``flops`` / achieved FLOP/s.
+    work: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "flops", _frozen_map(self.flops))
+        object.__setattr__(self, "work", MappingProxyType({k: _frozen_map(v) for k, v in self.work.items()}))
+        for kind, classes in self.work.items():
+            if kind not in KINDS or any(v < 0 for v in classes.values()):
+                raise InputError(f"work must map F/B/W to non-negative amounts, got {kind!r}", field=f"operators.{self.name}.work")
         object.__setattr__(
             self, "measured", MappingProxyType({k: _frozen_map(v) for k, v in self.measured.items()})
         )
@@ -180,6 +187,29 @@ class OperatorGraph:
         """Deterministic topological order (ties broken by declaration order)."""
         position = {op.name: i for i, op in enumerate(self.operators)}
         return tuple(nx.lexicographical_topological_sort(self.dag, key=position.__getitem__))
+
+    def chain_break(self) -> str | None:
+        """Why the operators are not one path ``s0 -> s1 -> ...`` (a pipeline of stages), or
+        None when they are: the first operator that branches, else the first two operators
+        of the topological order that no edge joins.
+
+        >>> chain_graph("p", 3, {"F": 1.0}).chain_break() is None
+        True
+        >>> OperatorGraph("two", (Operator("a"), Operator("b"))).chain_break()
+        "nothing flows from 'a' to 'b'"
+        """
+        for op in self.operators:
+            if len(self.predecessors[op.name]) > 1 or len(self.successors[op.name]) > 1:
+                return f"operator {op.name!r} branches"
+        order = self.topological_order
+        for first, second in zip(order, order[1:]):
+            if not any(edge.dst == second for edge in self.successors[first]):
+                return f"nothing flows from {first!r} to {second!r}"
+        return None
+
+    @property
+    def is_chain(self) -> bool:
+        return self.chain_break() is None
 
     def __len__(self) -> int:
         return len(self.operators)

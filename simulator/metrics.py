@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from simulator.engine import Timeline
+from simulator.violations import Violation
 
 __all__ = ["DeviceStats", "LinkStats", "Report", "build_report"]
 
@@ -57,14 +58,35 @@ class Report:
     peak_memory: float
     peak_activation: float
     transfer_bytes: float
-    violations: tuple[str, ...]
+    violations: tuple[Violation, ...]
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready dict (seconds and bytes)."""
-        return asdict(self)
+        """Plain JSON-ready dict (seconds and bytes; each violation as its message)."""
+        out = asdict(self)
+        out["violations"] = [v.message for v in self.violations]
+        return out
 
 
 def build_report(timeline: Timeline) -> Report:
+    stats = _device_stats(timeline)
+    return Report(
+        schedule=timeline.schedule.name,
+        makespan=timeline.makespan,
+        devices=stats,
+        links=_link_stats(timeline),
+        total_bubble=sum(s.bubble for s in stats),
+        max_bubble=max((s.bubble for s in stats), default=0.0),
+        mean_bubble_ratio=sum(s.bubble_ratio for s in stats) / len(stats) if stats else 0.0,
+        mean_utilization=sum(s.utilization for s in stats) / len(stats) if stats else 0.0,
+        peak_memory=max((s.peak_memory for s in stats), default=0.0),
+        peak_activation=max((s.activation_peak for s in stats), default=0.0),
+        transfer_bytes=sum(t.bytes for t in timeline.transfers),
+        violations=timeline.violations,
+    )
+
+
+def _device_stats(timeline: Timeline) -> tuple[DeviceStats, ...]:
+    """Busy time, bubble, MFU and memory peak of every device the schedule lists."""
     problem = timeline.problem
     makespan = timeline.makespan
     devices = list(timeline.schedule.devices)
@@ -82,11 +104,11 @@ def build_report(timeline: Timeline) -> Report:
         count[item.device] += len(item.entry.tasks)
         for op, _, kind in item.entry.tasks:
             flops[item.device] += by_name[op].flops.get(kind, 0.0)
+    peaks = timeline.memory_peaks()
     stats = []
     for device in devices:
         spec = problem.cluster.by_name[device]
-        samples = timeline.memory[device]
-        peak_time, peak = max(samples, key=lambda s: (s[1], -s[0]))
+        peak_time, peak = peaks[device]
         static = timeline.static_memory.get(device, 0.0)
         bubble = makespan - busy[device]
         stats.append(
@@ -106,6 +128,11 @@ def build_report(timeline: Timeline) -> Report:
                 capacity=spec.memory_bytes,
             )
         )
+    return tuple(stats)
+
+
+def _link_stats(timeline: Timeline) -> tuple[LinkStats, ...]:
+    """Transfers, bytes and busy time of every link that carried something, by name."""
     links: dict[str, list[float]] = {}
     for transfer in timeline.transfers:
         for name in transfer.links:
@@ -113,18 +140,4 @@ def build_report(timeline: Timeline) -> Report:
             entry[0] += 1
             entry[1] += transfer.bytes
             entry[2] += transfer.end - transfer.start
-    link_stats = tuple(LinkStats(name, int(v[0]), v[1], v[2]) for name, v in sorted(links.items()))
-    return Report(
-        schedule=timeline.schedule.name,
-        makespan=makespan,
-        devices=tuple(stats),
-        links=link_stats,
-        total_bubble=sum(s.bubble for s in stats),
-        max_bubble=max((s.bubble for s in stats), default=0.0),
-        mean_bubble_ratio=sum(s.bubble_ratio for s in stats) / len(stats) if stats else 0.0,
-        mean_utilization=sum(s.utilization for s in stats) / len(stats) if stats else 0.0,
-        peak_memory=max((s.peak_memory for s in stats), default=0.0),
-        peak_activation=max((s.activation_peak for s in stats), default=0.0),
-        transfer_bytes=sum(t.bytes for t in timeline.transfers),
-        violations=timeline.violations,
-    )
+    return tuple(LinkStats(name, int(v[0]), v[1], v[2]) for name, v in sorted(links.items()))

@@ -8,7 +8,7 @@ graph: forward along edges, backward against them, and ``W`` after its own ``B``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -163,6 +163,8 @@ class Problem:
                 value = measured
             elif op.stream == "comm" and op.comm_bytes:
                 value = self.cluster.collective_time(device_name, op.comm_bytes) if kind != "W" else 0.0
+            elif op.work:
+                value = device.work_time(op.work.get(kind, {}))
             else:
                 value = op.flops.get(kind, 0.0) / device.effective_flops
             cache[key] = value
@@ -188,6 +190,20 @@ class Problem:
         if kind == "B":
             return work, work + op.activation_bytes - op.w_retained_bytes
         return work, work + op.w_retained_bytes
+
+    def static_memory(self, placement: Mapping[Task, str]) -> dict[str, float]:
+        """Bytes each device holds for the whole iteration, per device that runs a task.
+
+        A device holds the weights, gradients and optimizer state (``static_bytes``) of
+        every operator it runs at least one task of, once however many tasks that is: an
+        operator split over two devices costs its weights on both. The simulator and the
+        planner both count static memory with this.
+        """
+        ops_on: dict[str, set[str]] = {}
+        for task, device in placement.items():
+            ops_on.setdefault(device, set()).add(task[0])
+        by_name = self.graph.by_name
+        return {device: float(sum(by_name[op].static_bytes for op in ops)) for device, ops in ops_on.items()}
 
     def fused_duration(self, first: float, second: float) -> float:
         """Time of two tasks run overlapped on one device (DualPipe's F&B)."""

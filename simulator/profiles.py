@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
 from simulator.cluster import Cluster, Device, Link
+from simulator.costs import ATTENTION_KERNELS
 from simulator.errors import InputError
 from simulator.units import read_bandwidth, read_seconds
 from simulator.yamlio import Section, read_section
@@ -23,6 +24,9 @@ __all__ = ["HardwareProfile", "load_profile", "profile_names", "build_cluster", 
 
 _FIGURES = {
     "device": ("memory_gb", "peak_tflops", "efficiency"),
+    # Optional roofline figures (see :mod:`simulator.costs`): without them memory-bound
+    # work is free and every FLOP runs at ``efficiency``.
+    "roofline": ("weight_gemm_efficiency", "memory_bandwidth_GBps", "hbm_efficiency", "kernel_overhead_us"),
     "node": (
         "gpus_per_node",
         "intra_bandwidth_GBps",
@@ -54,6 +58,8 @@ class HardwareProfile:
     inter_latency: float
     sources: Mapping[str, str]
     file: str = ""
+    #: Achieved rates of the non-GEMM work classes (:attr:`simulator.cluster.Device.rates`).
+    rates: Mapping[str, float] = field(default_factory=dict)
 
 
 def profile_dir() -> Path:
@@ -80,7 +86,7 @@ def _figure(section: Section, key: str) -> float:
     figure.check_keys({"value", "source", "note"})
     if "source" not in figure or not str(figure.raw("source")).strip():
         raise figure.error("every hardware figure needs a source: note", "source")
-    return figure.number("value", strictly_positive=True)
+    return figure.number("value", strictly_positive=True, minimum=1e-3, maximum=1e6)  # physical range, see simulator.units
 
 
 def load_profile(name_or_path: str, *, base_dir: Path | None = None) -> HardwareProfile:
@@ -98,7 +104,7 @@ def load_profile(name_or_path: str, *, base_dir: Path | None = None) -> Hardware
     doc = read_section(path)
     doc.check_keys({"name", "description", "device", "node"})
     device, node = doc.section("device"), doc.section("node")
-    device.check_keys({"type", *_FIGURES["device"]})
+    device.check_keys({"type", *_FIGURES["device"], *_FIGURES["roofline"], "attention_efficiency"})
     node.check_keys(set(_FIGURES["node"]))
     sources = {
         f"{part}.{key}": str(sec.section(key).raw("source"))
@@ -125,7 +131,35 @@ def load_profile(name_or_path: str, *, base_dir: Path | None = None) -> Hardware
         inter_latency=values["node.inter_latency_us"] * 1e-6,
         sources=MappingProxyType(sources),
         file=str(path),
+        rates=MappingProxyType(_roofline_rates(device, values["device.peak_tflops"] * 1e12, values["device.efficiency"], path)),
     )
+
+
+def _roofline_rates(device: Section, peak: float, efficiency: float, path: Path) -> dict[str, float]:
+    """Work-class rates from the optional roofline figures of a profile's ``device:``.
+
+    ``gemm.weight`` (the weight-gradient GEMMs, ``dW = X^T dY``), ``hbm`` (bytes/s),
+    ``launch`` (kernels/s: one over the per-kernel overhead) and ``attention.<kernel>``
+    (the fused attention kernel's forward FLOP/s) for each ``attention_efficiency`` entry.
+    """
+    rates: dict[str, float] = {}
+    present = {key: _figure(device, key) for key in _FIGURES["roofline"] if key in device}
+    fractions = {f"device.{key}": present[key] for key in ("weight_gemm_efficiency", "hbm_efficiency") if key in present}
+    if "attention_efficiency" in device:
+        kernels = device.section("attention_efficiency")
+        kernels.check_keys(set(ATTENTION_KERNELS))
+        for name in kernels.keys():
+            fractions[f"device.attention_efficiency.{name}"] = _figure(kernels, name)
+            rates[f"attention.{ATTENTION_KERNELS[name].name}"] = peak * fractions[f"device.attention_efficiency.{name}"]
+    for key, value in fractions.items():
+        if value > 1:
+            raise InputError(f"an efficiency must be at most 1, got {value:g}", file=str(path), field=f"{key}.value")
+    rates["gemm.weight"] = peak * present.get("weight_gemm_efficiency", efficiency)
+    if "memory_bandwidth_GBps" in present:
+        rates["hbm"] = present["memory_bandwidth_GBps"] * 1e9 * present.get("hbm_efficiency", 1.0)
+    if "kernel_overhead_us" in present:
+        rates["launch"] = 1.0 / (present["kernel_overhead_us"] * 1e-6)
+    return rates
 
 
 def _switched_cluster(
@@ -182,44 +216,54 @@ def build_cluster(section: Section, *, base_dir: Path | None = None) -> Cluster:
     ``memory_gb`` / ``memory_limit_gb`` and ``bandwidth_scale`` override for what-ifs.
     """
     section.check_keys(_CLUSTER_KEYS)
-    scale = section.number("bandwidth_scale", 1.0, strictly_positive=True)
+    scale = section.number("bandwidth_scale", 1.0, minimum=1e-3, maximum=1e3)
     memory_override = None
     for key in ("memory_gb", "memory_limit_gb"):
         if key in section:
-            memory_override = section.number(key, strictly_positive=True) * 1e9
+            memory_override = section.number(key, minimum=1e-3, maximum=1e6) * 1e9
     if "profile" in section:
-        try:
-            profile = load_profile(section.str("profile"), base_dir=base_dir)
-        except InputError as exc:
-            if exc.file is None:
-                exc.file = section.file
-                exc.field = section.where("profile")
-            raise
-        nodes = section.integer("nodes", 1, minimum=1)
-        per_node = section.integer("gpus_per_node", profile.gpus_per_node, minimum=1)
-        if per_node > profile.gpus_per_node:
-            raise section.error(f"profile {profile.name} has {profile.gpus_per_node} GPUs per node", "gpus_per_node")
-        devices = [
-            Device(
-                name=f"gpu{i}",
-                type=profile.device_type,
-                memory_bytes=memory_override or profile.memory_bytes,
-                peak_flops=profile.peak_flops,
-                efficiency=profile.efficiency,
-                node=i // per_node,
-            )
-            for i in range(nodes * per_node)
-        ]
-        return _switched_cluster(
-            section.raw("name", f"{nodes}x{per_node} {profile.name}"),
-            devices,
-            per_node,
-            profile.intra_bandwidth * profile.intra_efficiency * scale,
-            profile.intra_latency,
-            profile.inter_bandwidth * profile.inter_efficiency * scale,
-            profile.inter_latency,
-        )
+        return _profile_cluster(section, scale, memory_override, base_dir)
+    return _custom_cluster(section, scale, memory_override)
 
+
+def _profile_cluster(section: Section, scale: float, memory_override: float | None, base_dir: Path | None) -> Cluster:
+    """``nodes`` nodes of a hardware profile, switched within and across nodes."""
+    try:
+        profile = load_profile(section.str("profile"), base_dir=base_dir)
+    except InputError as exc:
+        if exc.file is None:
+            exc.file = section.file
+            exc.field = section.where("profile")
+        raise
+    nodes = section.integer("nodes", 1, minimum=1)
+    per_node = section.integer("gpus_per_node", profile.gpus_per_node, minimum=1)
+    if per_node > profile.gpus_per_node:
+        raise section.error(f"profile {profile.name} has {profile.gpus_per_node} GPUs per node", "gpus_per_node")
+    devices = [
+        Device(
+            name=f"gpu{i}",
+            type=profile.device_type,
+            memory_bytes=memory_override or profile.memory_bytes,
+            peak_flops=profile.peak_flops,
+            efficiency=profile.efficiency,
+            node=i // per_node,
+            rates=profile.rates,
+        )
+        for i in range(nodes * per_node)
+    ]
+    return _switched_cluster(
+        section.raw("name", f"{nodes}x{per_node} {profile.name}"),
+        devices,
+        per_node,
+        profile.intra_bandwidth * profile.intra_efficiency * scale,
+        profile.intra_latency,
+        profile.inter_bandwidth * profile.inter_efficiency * scale,
+        profile.inter_latency,
+    )
+
+
+def _custom_cluster(section: Section, scale: float, memory_override: float | None) -> Cluster:
+    """``devices: N`` alike devices on an ideal interconnect, a switch, or explicit ``links:``."""
     count = section.integer("devices", minimum=1)
     spec = section.section("device", {})
     spec.check_keys({"type", "memory_gb", "peak_tflops", "efficiency"})
@@ -228,31 +272,16 @@ def build_cluster(section: Section, *, base_dir: Path | None = None) -> Cluster:
         Device(
             name=f"gpu{i}",
             type=spec.str("type", "generic"),
-            memory_bytes=memory_override or spec.number("memory_gb", 80.0, strictly_positive=True) * 1e9,
-            peak_flops=spec.number("peak_tflops", 1000.0, strictly_positive=True) * 1e12,
-            efficiency=spec.number("efficiency", 1.0, strictly_positive=True, maximum=1.0),
+            memory_bytes=memory_override or spec.number("memory_gb", 80.0, minimum=1e-3, maximum=1e6) * 1e9,
+            peak_flops=spec.number("peak_tflops", 1000.0, minimum=1e-3, maximum=1e6) * 1e12,
+            efficiency=spec.number("efficiency", 1.0, minimum=1e-3, maximum=1.0),
             node=i // per_node,
         )
         for i in range(count)
     ]
     name = section.raw("name", f"{count} devices")
     if "links" in section:
-        links = []
-        names = {d.name for d in devices}
-        for item in section.sections("links"):
-            item.check_keys({"src", "dst", "bandwidth_GBps", "bandwidth_MBps", "bandwidth_Bps", "latency_s",
-                             "latency_ms", "latency_us", "latency_ns", "bidirectional", "name"})
-            src, dst = item.str("src"), item.str("dst")
-            bandwidth = read_bandwidth(item, "bandwidth") * scale
-            latency = read_seconds(item, "latency", 0.0)
-            for end, key in ((src, "src"), (dst, "dst")):
-                if end.startswith("gpu") and end not in names:
-                    raise item.error(f"unknown device {end!r}", key)
-            base = item.raw("name", f"{src}->{dst}")
-            links.append(Link(base, src, dst, bandwidth, latency))
-            if item.bool("bidirectional", True):
-                links.append(Link(f"{base}.rev", dst, src, bandwidth, latency))
-        return Cluster(name=name, devices=tuple(devices), links=tuple(links))
+        return Cluster(name=name, devices=tuple(devices), links=_explicit_links(section, devices, scale))
     interconnect = section.raw("interconnect", "ideal")
     if interconnect == "ideal":
         return Cluster(name=name, devices=tuple(devices), ideal_interconnect=True)
@@ -262,4 +291,24 @@ def build_cluster(section: Section, *, base_dir: Path | None = None) -> Cluster:
     bandwidth = read_bandwidth(link_spec, "bandwidth") * scale
     latency = read_seconds(link_spec, "latency", 0.0)
     return _switched_cluster(name, devices, per_node, bandwidth, latency, bandwidth, latency)
+
+
+def _explicit_links(section: Section, devices: list[Device], scale: float) -> tuple[Link, ...]:
+    """The ``links:`` list; each link is bidirectional (a ``.rev`` twin) unless it says not."""
+    links = []
+    names = {d.name for d in devices}
+    for item in section.sections("links"):
+        item.check_keys({"src", "dst", "bandwidth_GBps", "bandwidth_MBps", "bandwidth_Bps", "latency_s",
+                         "latency_ms", "latency_us", "latency_ns", "bidirectional", "name"})
+        src, dst = item.str("src"), item.str("dst")
+        bandwidth = read_bandwidth(item, "bandwidth") * scale
+        latency = read_seconds(item, "latency", 0.0)
+        for end, key in ((src, "src"), (dst, "dst")):
+            if end.startswith("gpu") and end not in names:
+                raise item.error(f"unknown device {end!r}", key)
+        base = item.raw("name", f"{src}->{dst}")
+        links.append(Link(base, src, dst, bandwidth, latency))
+        if item.bool("bidirectional", True):
+            links.append(Link(f"{base}.rev", dst, src, bandwidth, latency))
+    return tuple(links)
 

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.table import Table
 
 from simulator.metrics import Report
 
-__all__ = ["print_report", "fmt_bytes", "fmt_ms"]
+__all__ = ["print_report", "fmt_bytes", "fmt_mfu", "fmt_ms", "fmt_percent"]
 
 
 def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.4g}"
+    """Milliseconds; ``-`` for a figure that is not a finite number (no report prints ``inf`` or ``nan``)."""
+    return f"{seconds * 1e3:.4g}" if math.isfinite(seconds) else "-"
+
+
+def fmt_percent(ratio: float, digits: int = 1) -> str:
+    """``ratio`` in percent, ``-`` when not finite.
+
+    >>> fmt_percent(0.25), fmt_percent(float("nan"))
+    ('25.0', '-')
+    """
+    return f"{100 * ratio:.{digits}f}" if math.isfinite(ratio) else "-"
+
+
+def fmt_mfu(mfu: float) -> str:
+    """Model FLOPs utilisation in percent; ``-`` when no FLOPs were counted (a scenario that
+    gives measured times instead of FLOPs has no MFU, which is not the same as 0 %)."""
+    return fmt_percent(mfu) if mfu > 0 else "-"
 
 
 def fmt_bytes(size: float) -> str:
+    if not math.isfinite(size):
+        return "-"
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if abs(size) >= scale:
             return f"{size / scale:.3g} {unit}"
@@ -32,9 +52,9 @@ def print_report(report: Report, console: Console | None = None, *, title: str =
             str(d.tasks),
             fmt_ms(d.busy),
             fmt_ms(d.bubble),
-            f"{100 * d.bubble_ratio:.1f}",
-            f"{100 * d.utilization:.1f}",
-            f"{100 * d.mfu:.1f}",
+            fmt_percent(d.bubble_ratio),
+            fmt_percent(d.utilization),
+            fmt_mfu(d.mfu),
             fmt_bytes(d.peak_memory),
             fmt_ms(d.peak_time),
             fmt_bytes(d.activation_peak),
@@ -42,8 +62,8 @@ def print_report(report: Report, console: Console | None = None, *, title: str =
     console.print(table)
     console.print(
         f"makespan {fmt_ms(report.makespan)} ms | bubble total {fmt_ms(report.total_bubble)} ms,"
-        f" max {fmt_ms(report.max_bubble)} ms, mean ratio {100 * report.mean_bubble_ratio:.2f}%"
-        f" | utilization {100 * report.mean_utilization:.1f}% | peak memory {fmt_bytes(report.peak_memory)}"
+        f" max {fmt_ms(report.max_bubble)} ms, mean ratio {fmt_percent(report.mean_bubble_ratio, 2)}%"
+        f" | utilization {fmt_percent(report.mean_utilization)}% | peak memory {fmt_bytes(report.peak_memory)}"
         f" | transferred {fmt_bytes(report.transfer_bytes)}"
     )
     if report.links:

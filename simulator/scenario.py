@@ -22,9 +22,13 @@ from types import MappingProxyType
 from typing import Any
 
 from simulator.errors import InputError
+from simulator.layout import Layout
+from simulator.measured import check_device_types
+from simulator.memory_model import read_parallel
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
+from simulator.sizes import check_scenario_size, check_tasks
 from simulator.yamlio import Section, read_section
 
 __all__ = ["Objective", "Scenario", "load_scenario", "scenario_from_dict"]
@@ -53,6 +57,8 @@ class Scenario:
     pipeline: Mapping[str, Any] = field(default_factory=dict)
     #: The model section as written (builders' settings, for reports).
     model_config: Mapping[str, Any] = field(default_factory=dict)
+    #: The ``parallel:`` layout (dp, tp, pp, ...), validated; not yet read by the replay.
+    parallel: Layout | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline", MappingProxyType(dict(self.pipeline)))
@@ -73,16 +79,28 @@ def _workload(section: Section) -> Workload:
 
 def _objective(section: Section) -> Objective:
     section.check_keys({"minimize", "memory_limit_gb", "time_limit_s"})
-    limit = section.number("memory_limit_gb", None, strictly_positive=True) if "memory_limit_gb" in section else None
+    limit = section.number("memory_limit_gb", None, minimum=1e-3, maximum=1e6) if "memory_limit_gb" in section else None
     return Objective(
         minimize=section.str("minimize", "makespan", choices=OBJECTIVES),
         memory_limit_bytes=limit * 1e9 if limit is not None else None,
-        time_limit_s=section.number("time_limit_s", 60.0, strictly_positive=True),
+        time_limit_s=section.number("time_limit_s", 60.0, minimum=1.0, maximum=1e6),
     )
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate a scenario file."""
+    """Load and validate a scenario file (paths in it are relative to its folder).
+
+    The library's front door: the scenario holds the :class:`~simulator.problem.Problem`
+    (graph, cluster, workload) that :func:`simulator.engine.replay` and the planner take.
+
+    >>> scenario = load_scenario("scenarios/pipeline-4x8.yaml")
+    >>> scenario.name, len(scenario.problem.graph), scenario.problem.workload.micro_batches
+    ('pipeline-4x8', 4, 8)
+    >>> scenario.problem.cluster.device_names
+    ('gpu0', 'gpu1', 'gpu2', 'gpu3')
+    >>> scenario.schedule_file.name
+    'pipeline-4x8.gpipe.json'
+    """
     path = Path(path)
     return scenario_from_section(read_section(path), path)
 
@@ -99,7 +117,8 @@ def scenario_from_dict(data: dict, path: str | Path) -> Scenario:
 
 
 def scenario_from_section(doc: Section, path: Path) -> Scenario:
-    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline"})
+    doc.check_keys({"name", "description", "model", "cluster", "workload", "schedule", "objective", "pipeline", "parallel"})
+    size = check_scenario_size(doc.data, file=str(path), base_dir=path.parent)  # before building anything
     base_dir = path.parent
     try:
         graph = build_model(doc.section("model"), base_dir)
@@ -115,7 +134,10 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
             exc.file = str(path)
             exc.field = f"cluster.{exc.field}" if exc.field and not exc.field.startswith("cluster") else exc.field
         raise
+    check_device_types(doc.section("model"), graph, cluster)
     workload = _workload(doc.section("workload"))
+    if size.operators is None:  # e.g. a graph read from its own file: count what was built
+        check_tasks(len(graph.operators), workload.micro_batches, len(workload.kinds), file=str(path), field="model")
     schedule_file = None
     if "schedule" in doc:
         schedule_file = base_dir / doc.str("schedule")
@@ -130,4 +152,5 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
         schedule_file=schedule_file,
         pipeline=pipeline.data,
         model_config=doc.section("model").data,
+        parallel=read_parallel(doc, cluster, workload.mode == "training"),
     )

@@ -19,8 +19,12 @@ it ends:
 - ``{"overlap": [F, B, ...]}``: the first task runs overlapped with the rest (DualPipe's
   F&B chunk), taking ``max(F, rest) + (1 - fb_overlap) * min(F, rest)``.
 
-Groups take an optional ``start`` too. Transfers between devices are implied by the
-graph's edges.
+Groups take an optional ``start`` too, and ``"send": "after-next"``: the slot's outputs
+are sent only when the *next* slot on the device ends (DualPipe's reference code posts
+some sends after the following computation), and ``"prefetch": [TASK, ...]``: the slot
+also waits for those later tasks' inputs from other devices (a receive posted early and
+waited for at this slot, as DualPipe's ``batch_isend_irecv`` commits do). Transfers
+between devices are implied by the graph's edges.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ import yaml
 
 from simulator.errors import InputError
 from simulator.problem import Task, parse_task
-from simulator.yamlio import load_document
+from simulator.yamlio import load_document, show
 
-__all__ = ["Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_to_dict"]
+__all__ = ["Entry", "Schedule", "load_schedule", "save_schedule", "schedule_from_dict", "schedule_text", "schedule_to_dict"]
 
 FORMAT = "opplan-schedule/1"
+#: Latest not-before start time (seconds): a day, the longest time any quantity may take (see simulator.units).
+MAX_START_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,10 @@ class Entry:
     tasks: tuple[Task, ...]
     start: float | None = None
     overlap: bool = False
+    #: Outputs are sent when the next slot on this device ends, not when this one does.
+    send_after_next: bool = False
+    #: Later tasks whose inputs from other devices this slot also waits for.
+    prefetch: tuple[Task, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -62,7 +72,8 @@ class Entry:
             raise ValueError("an overlapped entry needs at least two tasks")
 
     @property
-    def task(self) -> Task:
+    def first(self) -> Task:
+        """The first task (the overlapped one of an ``overlap`` group; the only one of a single task)."""
         return self.tasks[0]
 
     def __str__(self) -> str:
@@ -124,9 +135,9 @@ def _parse_task(value: Any, file: str | None, where: str) -> Task:
     if isinstance(value, dict) and {"op", "mb", "kind"} <= set(value):
         mb = value["mb"]
         if isinstance(mb, bool) or not isinstance(mb, int):
-            raise InputError(f"micro-batch must be an integer, got {mb!r}", file=file, field=f"{where}.mb")
+            raise InputError(f"micro-batch must be an integer, got {show(mb)}", file=file, field=f"{where}.mb")
         return Task(str(value["op"]), mb, str(value["kind"]))
-    raise InputError(f"expected a task 'KIND:op:mb' or {{op, mb, kind}}, got {value!r}", file=file, field=where)
+    raise InputError(f"expected a task 'KIND:op:mb' or {{op, mb, kind}}, got {show(value)}", file=file, field=where)
 
 
 def _parse_entry(value: Any, file: str | None, where: str) -> Entry:
@@ -136,18 +147,37 @@ def _parse_entry(value: Any, file: str | None, where: str) -> Entry:
             if not isinstance(group, list) or len(group) < 2:
                 raise InputError(f"{key} takes a list of at least two tasks", file=file, field=f"{where}.{key}")
             tasks = tuple(_parse_task(v, file, f"{where}.{key}[{i}]") for i, v in enumerate(group))
-            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap")
+            return Entry(tasks, _parse_start(value, file, where), overlap=key == "overlap", **_parse_comm(value, file, where))
     if isinstance(value, dict) and "task" in value:
-        return Entry((_parse_task(value["task"], file, f"{where}.task"),), _parse_start(value, file, where))
+        task = _parse_task(value["task"], file, f"{where}.task")
+        return Entry((task,), _parse_start(value, file, where), **_parse_comm(value, file, where))
     return Entry((_parse_task(value, file, where),))
+
+
+def _parse_comm(value: dict, file: str | None, where: str) -> dict[str, Any]:
+    """``send`` and ``prefetch`` of an entry object."""
+    prefetch = value.get("prefetch", [])
+    if not isinstance(prefetch, list):
+        raise InputError("prefetch takes a list of tasks", file=file, field=f"{where}.prefetch")
+    tasks = tuple(_parse_task(v, file, f"{where}.prefetch[{i}]") for i, v in enumerate(prefetch))
+    return {"send_after_next": _parse_send(value, file, where), "prefetch": tasks}
+
+
+def _parse_send(value: dict, file: str | None, where: str) -> bool:
+    send = value.get("send", "at-end")
+    if send not in ("at-end", "after-next"):
+        raise InputError(f"send must be 'at-end' or 'after-next', got {send!r}", file=file, field=f"{where}.send")
+    return send == "after-next"
 
 
 def _parse_start(value: dict, file: str | None, where: str) -> float | None:
     start = value.get("start")
     if start is None:
         return None
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or start < 0:
-        raise InputError(f"start must be a non-negative number of seconds, got {start!r}", file=file, field=f"{where}.start")
+    ok = not isinstance(start, bool) and isinstance(start, (int, float)) and 0 <= start <= MAX_START_S  # False for NaN
+    if not ok:
+        raise InputError(f"start must be a number of seconds in [0, {MAX_START_S:g}], got {show(start)}", file=file,
+                         field=f"{where}.start")
     return float(start)
 
 
@@ -180,12 +210,16 @@ def load_schedule(path: str | Path) -> Schedule:
 def _entry_to_json(entry: Entry) -> Any:
     if len(entry.tasks) > 1:
         out: dict[str, Any] = {"overlap" if entry.overlap else "fused": [str(t) for t in entry.tasks]}
-    elif entry.start is None:
-        return str(entry.task)
+    elif entry.start is None and not entry.send_after_next and not entry.prefetch:
+        return str(entry.first)
     else:
-        out = {"task": str(entry.task)}
+        out = {"task": str(entry.first)}
     if entry.start is not None:
         out["start"] = entry.start
+    if entry.send_after_next:
+        out["send"] = "after-next"
+    if entry.prefetch:
+        out["prefetch"] = [str(t) for t in entry.prefetch]
     return out
 
 
@@ -198,11 +232,14 @@ def schedule_to_dict(schedule: Schedule) -> dict:
     }
 
 
+def schedule_text(schedule: Schedule, path: str | Path) -> str:
+    """The schedule document as ``path`` wants it: JSON (``.json``) or YAML (anything else)."""
+    doc = schedule_to_dict(schedule)
+    if Path(path).suffix == ".json":
+        return json.dumps(doc, indent=1) + "\n"
+    return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
 def save_schedule(schedule: Schedule, path: str | Path) -> None:
     """Write JSON (``.json``) or YAML (anything else)."""
-    path = Path(path)
-    doc = schedule_to_dict(schedule)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(doc, indent=1) + "\n")
-    else:
-        path.write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
+    Path(path).write_text(schedule_text(schedule, path))

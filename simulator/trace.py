@@ -7,12 +7,9 @@ events (``ph: "X"``), as https://ui.perfetto.dev and chrome://tracing expect.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from simulator.engine import Timeline
 
-__all__ = ["trace_events", "write_trace"]
+__all__ = ["trace_events"]
 
 _STREAM_TID = {"compute": 0, "comm": 1}
 
@@ -69,6 +66,3 @@ def trace_events(timeline: Timeline) -> dict:
             )
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
-
-def write_trace(timeline: Timeline, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(trace_events(timeline)))

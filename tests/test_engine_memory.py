@@ -14,6 +14,7 @@ from simulator.graph import chain_graph
 from simulator.metrics import build_report
 from simulator.problem import Problem, Task, Workload
 from simulator.schedule import Schedule
+from simulator.violations import Violation
 
 GB = 1e9
 
@@ -72,7 +73,11 @@ def test_fused_group_allocates_for_all_its_tasks_at_its_start_and_frees_at_its_e
 
 def test_memory_over_capacity_names_device_time_and_amount(one_op):
     timeline = replay(one_op(memory=18 * GB, micro_batches=2), Schedule.from_lists({"gpu0": ORDER}))
-    assert timeline.violations == ("memory over capacity on gpu0: 20 GB in use at 1000 ms, 2 GB over its 18 GB",)
+    assert timeline.violations == (
+        Violation(
+            "memory", "memory over capacity on gpu0: 20 GB in use at 1000 ms, 2 GB over its 18 GB", device="gpu0", time=1.0, amount=2 * GB
+        ),
+    )
     assert timeline.completed  # the replay still runs to the end, so every problem is found at once
 
 

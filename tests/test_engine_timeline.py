@@ -14,6 +14,7 @@ from simulator.graph import Operator, OperatorGraph, chain_graph
 from simulator.metrics import build_report
 from simulator.problem import Problem, Task, Workload
 from simulator.schedule import Entry, Schedule
+from simulator.violations import Violation
 
 
 def log(timeline) -> list[tuple[str, str, float, float]]:
@@ -118,7 +119,14 @@ class TestDeclaredStart:
         timeline = replay(problem, schedule)
         assert log(timeline) == [("gpu0", "F:a:0", 0, 2), ("gpu0", "F:b:0", 2, 3)]
         assert timeline.violations == (
-            "F:b:0 on gpu0 is declared to start at 500 ms but cannot start before 2000 ms (inputs or the stream are not ready)",
+            Violation(
+                "start",
+                "F:b:0 on gpu0 is declared to start at 500 ms but cannot start before 2000 ms (inputs or the stream are not ready)",
+                device="gpu0",
+                task=Task("b", 0, "F"),
+                time=0.5,
+                amount=1.5,
+            ),
         )
 
 

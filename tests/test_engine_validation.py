@@ -13,6 +13,7 @@ from simulator.engine import replay, simulate
 from simulator.errors import ScheduleRejected
 from simulator.problem import Task
 from simulator.schedule import Entry, Schedule
+from simulator.violations import Violation
 
 
 def F(op, mb=0):
@@ -35,10 +36,14 @@ def full(op, mb=0):
 VALID = [F("a"), F("b"), B("b"), W("b"), B("a"), W("a")]
 
 
-def rejected(problem, lists) -> list[str]:
+def rejected(problem, lists) -> list[Violation]:
     with pytest.raises(ScheduleRejected) as info:
         replay(problem, Schedule.from_lists(lists))
     return info.value.violations
+
+
+def said(violations) -> list[str]:
+    return [v.message for v in violations]
 
 
 @pytest.fixture
@@ -50,7 +55,7 @@ def chain(make_problem, op):
 class TestStaticViolations:
     def test_unknown_device(self, chain):
         violations = rejected(chain, {"gpu0": VALID, "gpu7": []})
-        assert violations == ["device 'gpu7' is not in the cluster (devices: gpu0, gpu1)"]
+        assert violations == [Violation("device", "device 'gpu7' is not in the cluster (devices: gpu0, gpu1)", device="gpu7")]
 
     @pytest.mark.parametrize(
         ("task", "why"),
@@ -62,34 +67,40 @@ class TestStaticViolations:
     )
     def test_unknown_task(self, chain, task, why):
         violations = rejected(chain, {"gpu0": VALID + [task]})
-        assert violations == [f"gpu0[6]: task {task} does not exist in this problem ({why})"]
+        assert said(violations) == [f"gpu0[6]: task {task} does not exist in this problem ({why})"]
+        assert [(v.kind, v.device, v.task) for v in violations] == [("unknown", "gpu0", task)]
 
     def test_missing_task(self, chain):
-        assert rejected(chain, {"gpu0": VALID[:3] + VALID[4:]}) == ["task W:b:0 is not scheduled on any device"]
+        violations = rejected(chain, {"gpu0": VALID[:3] + VALID[4:]})
+        assert violations == [Violation("missing", "task W:b:0 is not scheduled on any device", task=W("b"))]
 
     def test_duplicate_task(self, chain):
         violations = rejected(chain, {"gpu0": VALID, "gpu1": [F("a")]})
-        assert violations == ["task F:a:0 is listed twice (gpu0[0] and gpu1[0])"]
+        assert said(violations) == ["task F:a:0 is listed twice (gpu0[0] and gpu1[0])"]
+        assert [(v.kind, v.device, v.task) for v in violations] == [("duplicate", "gpu1", F("a"))]
 
     def test_backward_away_from_its_forward(self, chain):
         violations = rejected(chain, {"gpu0": [F("a")] + full("b") + [W("a")], "gpu1": [B("a")]})
-        assert violations == [
+        assert [(v.kind, v.device, v.task) for v in violations] == [("placement", "gpu0", W("a")), ("placement", "gpu1", B("a"))]
+        assert said(violations) == [
             "W:a:0 runs on gpu0 but its activations from B:a:0 live on gpu1 (B and W must run where their F ran)",
             "B:a:0 runs on gpu1 but its activations from F:a:0 live on gpu0 (B and W must run where their F ran)",
         ]
 
     def test_task_listed_before_its_input_on_the_same_device(self, chain):
         violations = rejected(chain, {"gpu0": [F("b"), F("a"), B("b"), W("b"), B("a"), W("a")]})
-        assert violations == ["dependency violated: F:b:0 is listed at gpu0[0] before its input F:a:0 at gpu0[1]"]
+        assert [(v.kind, v.device, v.task) for v in violations] == [("dependency", "gpu0", F("b"))]
+        assert said(violations) == ["dependency violated: F:b:0 is listed at gpu0[0] before its input F:a:0 at gpu0[1]"]
 
     def test_grouped_tasks_on_different_streams(self, make_problem, op):
         problem = make_problem([op("a"), op("send", stream="comm")], devices=1, mode="inference")
         violations = rejected(problem, {"gpu0": [(F("a"), F("send"))]})
-        assert violations == ["gpu0[0]: grouped tasks F:a:0+F:send:0 run on different streams"]
+        assert [(v.kind, v.device, v.task) for v in violations] == [("group", "gpu0", F("a"))]
+        assert said(violations) == ["gpu0[0]: grouped tasks F:a:0+F:send:0 run on different streams"]
 
     def test_overlapped_tasks_that_depend_on_each_other(self, chain):
         lists = {"gpu0": [Entry((F("b"), B("b")), overlap=True), F("a"), B("a"), W("a"), W("b")]}
-        assert rejected(chain, lists) == [
+        assert said(rejected(chain, lists)) == [
             "gpu0[0]: overlapped F:b:0 depends on (or feeds) B:b:0",
             "dependency violated: F:b:0 is listed at gpu0[0] before its input F:a:0 at gpu0[1]",
         ]
@@ -97,7 +108,9 @@ class TestStaticViolations:
     def test_several_violations_are_all_reported(self, chain):
         lists = {"gpu0": [F("b"), F("a"), F("a"), Task("c", 0, "F")], "gpu9": [B("a")]}
         # Grouped by kind, kinds in the order first met.
-        assert rejected(chain, lists) == [
+        violations = rejected(chain, lists)
+        assert [v.kind for v in violations] == ["duplicate", "unknown", "device"] + ["missing"] * 4 + ["dependency"]
+        assert said(violations) == [
             "task F:a:0 is listed twice (gpu0[1] and gpu0[2])",
             "gpu0[3]: task F:c:0 does not exist in this problem (no operator 'c')",
             "device 'gpu9' is not in the cluster (devices: gpu0, gpu1)",
@@ -112,7 +125,8 @@ class TestStaticViolations:
         problem = make_problem([op("a")], devices=1, micro_batches=30, mode="inference")
         violations = rejected(problem, {"gpu0": []})
         assert len(violations) == 21
-        assert violations[-1] == "... and 10 more missing violations"
+        assert violations[-1] == Violation("omitted", "... and 10 more missing violations", amount=10)
+        assert {v.kind for v in violations[:-1]} == {"missing"}
 
     def test_the_exception_summarises_the_first_violation_and_the_count(self, chain):
         with pytest.raises(ScheduleRejected, match=r"^schedule rejected: task B:a:0 is not scheduled on any device \(and 3 more\)$"):
@@ -130,8 +144,13 @@ class TestRunTimeViolations:
         timeline = replay(three, Schedule.from_lists({"gpu0": [F("c"), F("a")], "gpu1": [F("b")]}))
         assert not timeline.completed
         assert timeline.violations == (
-            "deadlock: gpu0 waits at F:c:0 for F:b:0 (on gpu1, not yet run);"
-            " gpu1 waits at F:b:0 for F:a:0 (on gpu0, not yet run)",
+            Violation(
+                "deadlock",
+                "deadlock: gpu0 waits at F:c:0 for F:b:0 (on gpu1, not yet run);"
+                " gpu1 waits at F:b:0 for F:a:0 (on gpu0, not yet run)",
+                device="gpu0",
+                task=F("c"),
+            ),
         )
         assert timeline.executed == ()
 
@@ -156,9 +175,13 @@ class TestRunTimeViolations:
             }
         )
         timeline = replay(problem, schedule)
-        assert timeline.violations == (
+        assert [(v.kind, v.device, v.task) for v in timeline.violations] == [
+            ("deadlock", "gpu0", F("c")), ("start", "gpu2", F("y")), ("memory", "gpu2", None)
+        ]
+        assert [(v.time, v.amount) for v in timeline.violations[1:]] == [(1.0, 1.0), (0.0, 1e9)]
+        assert said(timeline.violations) == [
             "deadlock: gpu0 waits at F:c:0 for F:b:0 (on gpu1, not yet run); gpu1 waits at F:b:0 for F:a:0 (on gpu0, not yet run)",
             "F:y:0 on gpu2 is declared to start at 1000 ms but cannot start before 2000 ms (inputs or the stream are not ready)",
             "memory over capacity on gpu2: 6 GB in use at 0 ms, 1 GB over its 5 GB",
-        )
+        ]
         assert [str(e.entry) for e in timeline.executed] == ["F:x:0", "F:y:0"]

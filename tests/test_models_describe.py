@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from opplan.cli import main
-from opplan.commands.describe import critical_path, operator_kind
+from simulator.paths import critical_path, operator_kind
 from simulator.problem import Task
 from simulator.scenario import load_scenario
 

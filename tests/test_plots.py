@@ -90,9 +90,9 @@ def test_communication_tasks_get_a_lane_of_their_own_under_the_compute_lane(make
     problem = make_problem([op("a"), op("x", stream="comm"), op("b")], [("a", "x"), ("x", "b")], devices=1, mode="inference")
     timeline = replay(problem, Schedule.from_lists({"gpu0": [Task("a", 0, "F"), Task("x", 0, "F"), Task("b", 0, "F")]}))
     bars = entry_bars(gantt_figure(timeline))
-    centre = {item.entry.task.op: bar.get_y() + bar.get_height() / 2 for bar, item in zip(bars, timeline.executed)}
+    centre = {item.entry.first.op: bar.get_y() + bar.get_height() / 2 for bar, item in zip(bars, timeline.executed)}
     assert centre["a"] == centre["b"] < centre["x"]  # the y axis points down: the comm lane is below
-    assert bars[[item.entry.task.op for item in timeline.executed].index("x")].get_facecolor() == to_rgba(COLORS["comm"])
+    assert bars[[item.entry.first.op for item in timeline.executed].index("x")].get_facecolor() == to_rgba(COLORS["comm"])
 
 
 # -- memory ---------------------------------------------------------------------------------

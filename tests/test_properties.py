@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -122,7 +123,7 @@ def assert_respects_every_rule(problem: Problem, schedule: Schedule, timeline) -
         assert item.end - item.start == entry_duration(problem, item.device, item.entry)
         by_stream[item.device, item.stream].append(item)
     for (device, stream), items in by_stream.items():
-        listed = [e for e in schedule.devices[device] if problem.graph.by_name[e.task.op].stream == stream]
+        listed = [e for e in schedule.devices[device] if problem.graph.by_name[e.first.op].stream == stream]
         assert [item.entry for item in items] == listed
         for before, after in zip(items, items[1:]):
             assert before.end <= after.start
@@ -177,10 +178,11 @@ def test_topologically_ordered_schedules_replay_within_every_rule(instance):
 def test_with_little_memory_accepted_schedules_stay_within_capacity(instance):
     problem, schedule = instance
     timeline = replay(problem, schedule)
-    over = [v for v in timeline.violations if v.startswith("memory over capacity")]
+    over = [v for v in timeline.violations if v.kind == "memory"]
     assert len(over) == len(timeline.violations)  # nothing else can go wrong
     peaks = {device: max(level for _, level in samples) for device, samples in timeline.memory.items()}
-    assert {v.split()[4].rstrip(":") for v in over} == {d for d, peak in peaks.items() if peak > 6.0}
+    assert {v.device for v in over} == {d for d, peak in peaks.items() if peak > 6.0}
+    assert all(v.amount == pytest.approx(peaks[v.device] - 6.0) for v in over)
     if not over:
         assert_respects_every_rule(problem, schedule, timeline)
 
@@ -214,7 +216,7 @@ def test_a_task_moved_before_its_input_on_its_device_is_rejected(instance, rng):
     try:
         replay(problem, rebuilt(schedule, swap))
     except ScheduleRejected as exc:
-        assert any(v.startswith("dependency violated") for v in exc.violations)
+        assert any(v.kind == "dependency" and v.device == device for v in exc.violations)
     else:
         raise AssertionError("an inverted pair on one device was accepted")
 
@@ -229,7 +231,7 @@ def test_a_dropped_task_is_rejected(instance, rng):
     try:
         replay(problem, rebuilt(schedule, lambda lists: lists[device].pop(index)))
     except ScheduleRejected as exc:
-        assert {f"task {t} is not scheduled on any device" for t in dropped} <= set(exc.violations)
+        assert set(dropped) <= {v.task for v in exc.violations if v.kind == "missing"}
     else:
         raise AssertionError("a schedule missing a task was accepted")
 
@@ -244,7 +246,7 @@ def test_a_duplicated_task_is_rejected(instance, rng):
     try:
         replay(problem, rebuilt(schedule, lambda lists: lists[target].append(entry)))
     except ScheduleRejected as exc:
-        assert any(v.startswith(f"task {entry.task} is listed twice") for v in exc.violations)
+        assert any(v.kind == "duplicate" and v.task == entry.first for v in exc.violations)
     else:
         raise AssertionError("a schedule listing a task twice was accepted")
 
@@ -261,4 +263,4 @@ def test_memory_shrunk_below_the_peak_is_reported(instance):
     )
     cluster = Cluster(problem.cluster.name, smaller, problem.cluster.links, problem.cluster.ideal_interconnect)
     timeline = replay(Problem(problem.graph, cluster, problem.workload), schedule)
-    assert [v for v in timeline.violations if v.startswith(f"memory over capacity on {device}:")]
+    assert [v for v in timeline.violations if v.kind == "memory" and v.device == device]

@@ -85,7 +85,7 @@ def test_entries_reject_empty_groups_and_lonely_overlaps(tasks, overlap, message
         Entry(tasks, overlap=overlap)
 
 
-NON_NEGATIVE_START = "start must be a non-negative number of seconds"
+NON_NEGATIVE_START = "start must be a number of seconds in [0, 86400]"
 
 
 @pytest.mark.parametrize(

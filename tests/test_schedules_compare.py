@@ -11,6 +11,7 @@ from opplan.cli import main
 from planner.schedules import SCHEDULES, generate
 from planner.schedules.compare import ComparisonRow, comparison_rows, measure
 from planner.schedules.examples import example_scenario
+from simulator.errors import InputError
 from simulator.scenario import load_scenario
 from simulator.schedule import Entry, Schedule, save_schedule
 
@@ -32,8 +33,11 @@ def test_figure_setting_bubbles_are_the_published_ones(figure_rows):
     """p = 8, F = B = W = 1 ms, F&B = 3 ms, full backward 2 ms."""
     assert figure_rows["1f1b"].bubble == pytest.approx(7 * 3 * MS)
     assert figure_rows["zb-h1"].bubble == pytest.approx(7 * 1 * MS)
-    assert figure_rows["dualpipe"].bubble == pytest.approx(3 * (3 + 2 - 3) * MS)
+    assert figure_rows["dualpipe-per-pass"].bubble == pytest.approx(3 * (3 + 2 - 3) * MS)
     assert figure_rows["dualpipev"].bubble == pytest.approx(3 * (3 + 2 - 3) * MS)  # 8 stages on 4 ranks
+    assert figure_rows["dualpipe-per-pass"].makespan_vs_best == 1.0
+    # The reference's deferred sends are off the critical path here: the same bubble.
+    assert figure_rows["dualpipe"].bubble == pytest.approx(3 * (3 + 2 - 3) * MS)
     assert figure_rows["dualpipe"].makespan_vs_best == 1.0
 
 
@@ -123,3 +127,39 @@ def test_compare_rejects_an_invalid_schedule_file_naming_it(tmp_path, capsys):
     assert main(["compare", str(DUALPIPE_8X20), "--with", f"bad={bad}"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"opplan: error: {bad}: schedule rejected") and "is not scheduled" in err
+
+
+def test_a_comparison_with_a_memory_like_limit_generates_each_builtin_once(monkeypatch):
+    """The table, ``--plan-memory-like`` and the planner's candidates share one generation per schedule."""
+    from planner import schedules
+    from planner.memory import memory_like
+
+    calls: dict[str, int] = {}
+
+    def counted(name, generator):
+        def run(scenario, **options):
+            calls[name] = calls.get(name, 0) + 1
+            return generator(scenario, **options)
+        return run
+
+    for name, generator in SCHEDULES.items():
+        monkeypatch.setitem(schedules.SCHEDULES, name, counted(name, generator))
+    scenario = example_scenario(stages=4, micro_batches=8)
+    rows = comparison_rows(scenario)
+    limit = memory_like(scenario, "dualpipe")
+    again = {name: generate(name, scenario) for name, why in schedules.available(scenario).items() if why is None}
+    assert calls == dict.fromkeys(SCHEDULES, 1)
+    assert [row.name for row in rows] == list(again)
+    assert limit == memory_like(scenario, "dualpipe") > 0
+    assert calls == dict.fromkeys(SCHEDULES, 1)
+
+
+def test_a_builtin_that_does_not_apply_says_why_every_time_it_is_asked():
+    scenario = example_scenario(stages=3, micro_batches=8)
+    with pytest.raises(InputError) as first:
+        generate("dualpipe", scenario)
+    first.value.file = "filled-in-by-a-caller.yaml"
+    with pytest.raises(InputError) as second:
+        generate("dualpipe", scenario)
+    assert second.value is not first.value and second.value.file != first.value.file
+    assert second.value.message == first.value.message and "even" in second.value.message

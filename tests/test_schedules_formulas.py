@@ -112,10 +112,46 @@ DUAL = [(p, m, F, W, overlap) for p, m in [(2, 4), (4, 8), (4, 14), (6, 12), (8,
 
 @pytest.mark.parametrize("p, m, F, W, overlap", DUAL)
 def test_dualpipe_bubble(p, m, F, W, overlap):
+    """The published formula describes DualPipe with every output sent when its pass ends."""
     B = F  # the published formula is stated for a forward as long as an input-backward
-    report = _replay("dualpipe", stages=p, m=m, F=F, B=B, W=W, fb_overlap=overlap)
+    report = _replay("dualpipe-per-pass", stages=p, m=m, F=F, B=B, W=W, fb_overlap=overlap)
     expected = (p / 2 - 1) * (_f_and_b(F, B, W, overlap) + (B + W) - 3 * W)
     assert report.max_bubble == pytest.approx(expected * MS, abs=1e-12)
+
+
+@pytest.mark.parametrize("p, m, F, W, overlap", DUAL)
+def test_dualpipe_at_the_reference_send_points_keeps_the_published_bubble(p, m, F, W, overlap):
+    """deepseek-ai/DualPipe queues three sends until after the next computation; with
+    T_F = T_B none of those outputs is on the critical path, so the bubble is the same
+    (benchmarks/dualpipe_reference.py replays the reference's step() with
+    batch_isend_irecv semantics and gets the same makespans)."""
+    faithful = _replay("dualpipe", stages=p, m=m, F=F, B=F, W=W, fb_overlap=overlap)
+    per_pass = _replay("dualpipe-per-pass", stages=p, m=m, F=F, B=F, W=W, fb_overlap=overlap)
+    assert faithful.max_bubble == pytest.approx(per_pass.max_bubble, abs=1e-12)
+    assert faithful.makespan == pytest.approx(per_pass.makespan, abs=1e-12)
+
+
+@pytest.mark.parametrize(("p", "m", "F", "B", "W"), [(4, 8, 1, 1, 1), (6, 12, 1, 1, 1), (8, 20, 1, 1, 1), (8, 24, 1, 1.5, 0.5),
+                                                     (8, 24, 2, 1, 1), (8, 24, 1, 2, 1), (4, 10, 1.5, 1, 0.5)])
+def test_dualpipe_replays_like_an_independent_model_of_the_reference_communication(p, m, F, B, W):
+    """planner.schedules.dualpipe_reference walks deepseek-ai/DualPipe's step() and solves
+    batch_isend_irecv's waits; it shares no code with the engine."""
+    from planner.schedules.dualpipe_reference import reference_makespan
+
+    replayed = _replay("dualpipe", stages=p, m=m, F=F, B=B, W=W)
+    assert replayed.makespan == pytest.approx(reference_makespan(p, m, (F, B, W)) * MS, abs=1e-12)
+
+
+def test_dualpipe_marks_exactly_the_reference_deferred_sends():
+    """Step 2: h + 1 chunk-0 forwards on each of the p - 2 outer ranks; the turning points:
+    their last step-2 chunk-1 forward and their first step-4 forward."""
+    p = 8
+    scenario = example_scenario(stages=p, micro_batches=20)
+    schedule = generate("dualpipe", scenario)
+    deferred = {d: sum(e.send_after_next for e in entries) for d, entries in schedule.devices.items()}
+    expected = {f"gpu{r}": (min(r, p - 1 - r) + 1 if min(r, p - 1 - r) < p // 2 - 1 else 2) for r in range(p)}
+    assert deferred == expected
+    assert not any(e.send_after_next for _, e in generate("dualpipe-per-pass", scenario).entries())
 
 
 DUAL_V = [(p, m, F, W, overlap) for p, m in [(1, 2), (2, 4), (2, 7), (3, 9), (4, 10), (4, 13)]

@@ -10,23 +10,23 @@ its author thinks.
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from opplan.commands.common import scenario_argument
+from opplan.commands.common import limit_options, scenario_argument
+from opplan.commands.memory_table import memory_table
 from simulator.graph import KINDS, OperatorGraph
-from simulator.problem import Problem, Task
+from simulator.paths import CriticalPath, critical_path, operator_kind
+from simulator.problem import Problem
 from simulator.report import fmt_bytes, fmt_ms
 from simulator.scenario import load_scenario
 from simulator.yamlio import Section
 
-__all__ = ["describe", "operator_kind", "critical_path", "CriticalPath"]
+__all__ = ["describe"]
 
 #: Builders that know more than the graph says (tokens, presets, activated parameters).
 _FACTS: dict[str, str] = {
@@ -36,64 +36,6 @@ _FACTS: dict[str, str] = {
 }
 #: At most this many rows of groups or path operators are listed.
 MAX_ROWS = 40
-
-_LAYER = re.compile(r"^(L|layer)\d+$")
-
-
-def operator_kind(name: str) -> str:
-    """The kind of an operator, from its name: layer indices and numbering dropped.
-
-    >>> [operator_kind(n) for n in ("L3.attn", "L2.expert15", "vision.L0.mlp", "head", "s4")]
-    ['attn', 'expert', 'vision.mlp', 'head', 's']
-    """
-    parts = [p.rstrip("0123456789") or p for p in name.split(".") if not _LAYER.match(p)]
-    return ".".join(parts) or name
-
-
-@dataclass(frozen=True)
-class CriticalPath:
-    """The heaviest chain of operators for one micro-batch and its serial time."""
-
-    operators: tuple[str, ...]
-    seconds: float
-    device_type: str
-
-
-def critical_path(problem: Problem, device: str | None = None) -> CriticalPath:
-    """Longest chain of the graph, weighting each operator by its F + B + W time on ``device``.
-
-    This is the time one micro-batch needs even on unlimited devices (transfers left
-    out): its forward runs down the chain and its backward back up it. Inference counts
-    F only. ``device`` defaults to the cluster's first device.
-
-    >>> from simulator.cluster import Cluster, Device
-    >>> from simulator.graph import Edge, Operator, OperatorGraph
-    >>> from simulator.problem import Workload
-    >>> ops = [Operator(n, measured={"*": {"F": t, "B": t, "W": 0.0}}) for n, t in (("a", 1.0), ("b", 5.0), ("c", 1.0), ("d", 1.0))]
-    >>> g = OperatorGraph("g", ops, (Edge("a", "b"), Edge("a", "c"), Edge("b", "d"), Edge("c", "d")))
-    >>> p = Problem(g, Cluster("c", (Device("gpu0", "x", 1.0, 1.0),)), Workload(1))
-    >>> critical_path(p)
-    CriticalPath(operators=('a', 'b', 'd'), seconds=14.0, device_type='x')
-    """
-    dev = problem.cluster.by_name[device] if device else problem.cluster.devices[0]
-    graph = problem.graph
-    kinds = problem.workload.kinds
-
-    def cost(op: str) -> float:
-        return sum(problem.duration(Task(op, 0, kind), dev) for kind in kinds)
-
-    best: dict[str, float] = {}
-    via: dict[str, str | None] = {}
-    for op in graph.topological_order:
-        preds = [e.src for e in graph.predecessors[op]]
-        parent = max(preds, key=lambda p: best[p], default=None)
-        best[op] = cost(op) + (best[parent] if parent is not None else 0.0)
-        via[op] = parent
-    end = max(graph.topological_order, key=lambda op: best[op])
-    path = [end]
-    while via[path[-1]] is not None:
-        path.append(via[path[-1]])  # type: ignore[arg-type]
-    return CriticalPath(tuple(reversed(path)), best[end], dev.type)
 
 
 def fmt_flops(flops: float) -> str:
@@ -201,6 +143,7 @@ def _path_text(path: CriticalPath) -> str:
 
 @click.command()
 @scenario_argument
+@limit_options
 def describe(scenario: Path) -> None:
     """Summarise a scenario's model: operators, parameters, FLOPs, memory, critical path, groups."""
     loaded = load_scenario(scenario)
@@ -212,3 +155,5 @@ def describe(scenario: Path) -> None:
     console.print(_by_kind(problem.graph))
     console.print(_path_text(critical_path(problem)))
     console.print(_groups(problem.graph))
+    if (memory := memory_table(loaded)) is not None:
+        console.print(memory)

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import click
 
-from opplan.commands.common import load_inputs, scenario_argument
+from opplan.commands.common import builtin_option, limit_options, load_inputs, scenario_argument
 from simulator.engine import Timeline, replay
 from simulator.errors import InputError, ScheduleRejected
-from simulator.scenario import load_scenario
 
 _output = click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
                        help="picture to write: .png, .svg or .pdf")
 _schedule = click.option("--schedule", "schedule_path", type=click.Path(dir_okay=False, path_type=Path),
                          help="schedule file (default: the scenario's schedule:)")
-_builtin = click.option("--builtin", "builtin", metavar="NAME", help="a built-in schedule instead of a file (e.g. 1f1b, dualpipe)")
+_builtin = builtin_option
 _title = click.option("--title", help="title (default: schedule name, makespan, bubble, peak memory)")
 
 
@@ -24,16 +23,10 @@ def plot() -> None:
     """Draw a replay (Gantt chart, memory over time) or a sweep's results."""
 
 
-def _replayed(scenario_path: Path, schedule_path: Path | None, builtin: str | None) -> tuple[Timeline, list[Path]]:
-    if schedule_path is not None and builtin is not None:
-        raise InputError("give --schedule FILE or --builtin NAME, not both", field="--builtin")
-    if builtin is not None:
-        from planner.schedules import builtin_schedule
-
-        scenario = load_scenario(scenario_path)
-        schedule, used = builtin_schedule(builtin, scenario), None
-    else:
-        scenario, schedule, used = load_inputs(scenario_path, schedule_path)
+def _replayed(scenario_path: Path, schedule_path: Path | None, builtin: str | None, output: Path) -> tuple[Timeline, list[Path]]:
+    check_picture(output, [scenario_path, schedule_path])
+    scenario, schedule, used = load_inputs(scenario_path, schedule_path, builtin)
+    check_picture(output, [scenario_path, used])
     try:
         timeline = replay(scenario.problem, schedule)
     except ScheduleRejected as exc:
@@ -41,8 +34,16 @@ def _replayed(scenario_path: Path, schedule_path: Path | None, builtin: str | No
         raise
     if timeline.violations:
         click.echo(f"opplan: warning: the replay has {len(timeline.violations)} violations; drawn as it ran"
-                   f" (first: {timeline.violations[0]})", err=True)
+                   f" (first: {timeline.violations[0].message})", err=True)
     return timeline, [p for p in (scenario_path, used) if p is not None]
+
+
+def check_picture(output: Path, inputs: list[Path | None]) -> None:
+    """The picture's path and format, checked before anything is loaded or drawn."""
+    from opplan.output import check_outputs, picture_format
+
+    picture_format(output)
+    check_outputs({"--output": output}, inputs=inputs)
 
 
 @plot.command()
@@ -51,12 +52,13 @@ def _replayed(scenario_path: Path, schedule_path: Path | None, builtin: str | No
 @_builtin
 @_output
 @_title
+@limit_options
 def gantt(scenario: Path, schedule_path: Path | None, builtin: str | None, output: Path, title: str | None) -> None:
     """Gantt chart: one row per device, one bar per task or group, idle time visible."""
     from opplan.output import save_figure
     from simulator.pictures import gantt_figure
 
-    timeline, inputs = _replayed(scenario, schedule_path, builtin)
+    timeline, inputs = _replayed(scenario, schedule_path, builtin, output)
     path = save_figure(gantt_figure(timeline, title=title), output, inputs=inputs)
     click.echo(f"wrote {path} ({len(timeline.executed)} entries on {len(timeline.schedule.devices)} devices)")
 
@@ -67,12 +69,13 @@ def gantt(scenario: Path, schedule_path: Path | None, builtin: str | None, outpu
 @_builtin
 @_output
 @_title
+@limit_options
 def memory(scenario: Path, schedule_path: Path | None, builtin: str | None, output: Path, title: str | None) -> None:
     """Memory in use over time on every device, with the capacity."""
     from opplan.output import save_figure
     from simulator.pictures import memory_figure
 
-    timeline, inputs = _replayed(scenario, schedule_path, builtin)
+    timeline, inputs = _replayed(scenario, schedule_path, builtin, output)
     path = save_figure(memory_figure(timeline, title=title), output, inputs=inputs)
     click.echo(f"wrote {path}")
 
@@ -87,6 +90,7 @@ def memory(scenario: Path, schedule_path: Path | None, builtin: str | None, outp
               help="draw rows with this status (repeatable: ok, invalid, ...)")
 @_output
 @_title
+@limit_options
 def sweep_plot(results: Path, x: str, y: str, series: str | None, facet: str | None, statuses: tuple[str, ...],
                output: Path, title: str | None) -> None:
     """Chart a sweep's results table (results.csv or results.parquet)."""
@@ -94,6 +98,7 @@ def sweep_plot(results: Path, x: str, y: str, series: str | None, facet: str | N
     from opplan.sweeps.chart import sweep_figure
     from opplan.sweeps.table import read_table
 
+    check_picture(output, [results])
     table = read_table(results)
     try:
         figure = sweep_figure(table, x=x, y=y, series=series, facet=facet, statuses=statuses, title=title)

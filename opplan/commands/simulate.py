@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from opplan.commands.common import load_inputs, scenario_argument, write_reports
+from opplan.commands.common import builtin_option, limit_options, load_inputs, scenario_argument, write_reports
+from opplan.output import check_outputs
 from simulator.engine import replay
 from simulator.errors import ScheduleRejected
 from simulator.metrics import build_report
@@ -17,42 +18,49 @@ _schedule_option = click.option(
 )
 
 
-def _replay_naming(scenario, schedule, used: Path):
-    """Replay; a rejection names the schedule file it came from."""
+def _replay_naming(scenario, schedule, used: Path | None):
+    """Replay; a rejection names the schedule file it came from (the scenario for a built-in)."""
     try:
         return replay(scenario.problem, schedule)
     except ScheduleRejected as exc:
-        exc.file = str(used)
+        exc.file = str(used or scenario.file)
         raise
 
 
 @click.command()
 @scenario_argument
 @_schedule_option
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON")
-def simulate(scenario: Path, schedule_path: Path | None, trace_path: Path | None, json_path: Path | None) -> None:
-    """Replay a schedule on the scenario's cluster and print the report."""
-    problem_scenario, schedule, used = load_inputs(scenario, schedule_path)
+@builtin_option
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace ('-': stdout)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON ('-': stdout)")
+@limit_options
+def simulate(scenario: Path, schedule_path: Path | None, builtin: str | None, trace_path: Path | None, json_path: Path | None) -> None:
+    """Replay a schedule (a file, or --builtin NAME) on the scenario's cluster and print the report."""
+    check_outputs({"--json": json_path, "--trace": trace_path}, inputs=[scenario, schedule_path])
+    problem_scenario, schedule, used = load_inputs(scenario, schedule_path, builtin)
+    inputs = [scenario, used]
+    check_outputs({"--json": json_path, "--trace": trace_path}, inputs=inputs)
     timeline = _replay_naming(problem_scenario, schedule, used)
     report = build_report(timeline)
-    print_report(report, title=f"{problem_scenario.name}: schedule {schedule.name or used.name}")
-    write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario, used])
+    print_report(report, title=f"{problem_scenario.name}: schedule {schedule.name or (used.name if used else builtin)}")
+    write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=inputs)
     if timeline.violations:
-        raise ScheduleRejected(list(timeline.violations), file=str(used))
+        raise ScheduleRejected(list(timeline.violations), file=str(used or scenario))
 
 
 @click.command()
 @scenario_argument
 @_schedule_option
-def validate(scenario: Path, schedule_path: Path | None) -> None:
+@builtin_option
+@limit_options
+def validate(scenario: Path, schedule_path: Path | None, builtin: str | None) -> None:
     """Check a schedule: every dependency, deadlock, missing task and memory limit."""
-    problem_scenario, schedule, used = load_inputs(scenario, schedule_path)
+    problem_scenario, schedule, used = load_inputs(scenario, schedule_path, builtin)
     timeline = _replay_naming(problem_scenario, schedule, used)
     if timeline.violations:
-        raise ScheduleRejected(list(timeline.violations), file=str(used))
+        raise ScheduleRejected(list(timeline.violations), file=str(used or scenario))
     report = build_report(timeline)
     click.echo(
-        f"{used}: valid: {len(schedule)} tasks on {len(schedule.devices)} devices,"
+        f"{used or builtin}: valid: {len(schedule)} tasks on {len(schedule.devices)} devices,"
         f" makespan {report.makespan * 1e3:.6g} ms, peak memory {report.peak_memory / 1e9:.4g} GB"
     )

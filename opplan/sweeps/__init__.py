@@ -21,7 +21,6 @@ from typing import Any
 
 _HOMES = {
     "METRICS": "point",
-    "STATUSES": "point",
     "PointJob": "point",
     "run_point": "point",
     "SweepOutcome": "runner",

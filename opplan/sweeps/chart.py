@@ -60,12 +60,7 @@ def sweep_figure(
     rows = table[table["status"].isin(list(statuses))]
     if rows.empty:
         raise InputError(f"no rows with status {' or '.join(statuses)} to draw", field="status")
-    keys = [c for c in (facet, series, x) if c is not None]
-    for _, group in rows.groupby(keys, dropna=False, sort=False):
-        if len(group) > 1:
-            differ = _varying(group, keys)
-            hint = f"; they differ in {', '.join(differ)}: use it as --series or --facet" if differ else ""
-            raise InputError(f"{len(group)} rows share one point of the plot{hint}", field=x)
+    _refuse_hidden_points(rows, [c for c in (facet, series, x) if c is not None], x)
     facets = [f for f in _distinct(table[facet]) if f in set(rows[facet])] if facet else [None]
     columns = min(len(facets), 3)
     lines = (len(facets) + columns - 1) // columns
@@ -85,13 +80,7 @@ def sweep_figure(
                 continue
             line = line.assign(_pos=line[x].map(xs.index) if categorical else line[x]).sort_values("_pos")
             ax.plot(line["_pos"], line[y], marker="o", markersize=4, color=colors[name], label=str(name) if series else y)
-        if categorical:
-            ax.set_xticks(range(len(xs)), [str(v) for v in xs])
-        elif len(xs) <= 12:
-            ax.set_xticks(xs, [f"{v:g}" for v in xs])
-        ax.set_xlabel(x)
-        ax.set_title(f"{facet} = {value}" if facet else "", fontsize=9)
-        ax.grid(alpha=0.3)
+        _label_panel(ax, x, xs, categorical, f"{facet} = {value}" if facet else "")
     for index in range(len(facets), lines * columns):
         axes[index // columns][index % columns].set_visible(False)
     axes[0][0].set_ylabel(y)
@@ -101,6 +90,26 @@ def sweep_figure(
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def _refuse_hidden_points(rows: pd.DataFrame, keys: list[str], x: str) -> None:
+    """Two rows on one (facet, series, x) would hide each other: say which fields tell them apart."""
+    for _, group in rows.groupby(keys, dropna=False, sort=False):
+        if len(group) > 1:
+            differ = _varying(group, keys)
+            hint = f"; they differ in {', '.join(differ)}: use it as --series or --facet" if differ else ""
+            raise InputError(f"{len(group)} rows share one point of the plot{hint}", field=x)
+
+
+def _label_panel(ax, x: str, xs: list, categorical: bool, title: str) -> None:
+    """Ticks (every category, or every value when there are few), the x label, the panel title, a grid."""
+    if categorical:
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    elif len(xs) <= 12:
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+    ax.set_xlabel(x)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
 
 
 def _all_handles(axes) -> tuple[list, list]:

@@ -19,23 +19,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opplan.planning import planned_schedule
 from opplan.sweeps.overrides import apply_overrides
 from opplan.sweeps.spec import PLANNER, Point, SweepSpec, builtin_names, is_schedule_file
 from planner import schedules
 from planner.schedules import NotApplicable
 from simulator.engine import replay
 from simulator.errors import InputError, OpplanError, ScheduleRejected
+from simulator.limits import Limits, current_limits, using_limits
 from simulator.metrics import Report, build_report
 from simulator.scenario import Scenario, scenario_from_dict
 from simulator.schedule import Schedule, load_schedule
 
-__all__ = ["STATUSES", "METRICS", "NotApplicable", "PointJob", "build_schedule", "builtin_schedule", "job_for", "metrics_of", "run_point"]
+__all__ = ["METRICS", "NotApplicable", "PointJob", "builtin_schedule", "job_for", "metrics_of", "resolve_schedule", "run_point"]
 
-STATUSES = ("ok", "invalid", "not-applicable", "error")
 #: Metric columns of a row, in table order (units in the names).
 METRICS = (
     "makespan_ms",
@@ -63,6 +64,8 @@ class PointJob:
     base_file: str
     folder: str
     planner_time_limit_s: float | None = None
+    #: The driver's limits: a Dask worker is another process and would otherwise use the defaults.
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def schedule(self) -> str | None:
@@ -77,10 +80,11 @@ def job_for(spec: SweepSpec, point: Point) -> PointJob:
         base_file=str(spec.base_file),
         folder=str(spec.folder),
         planner_time_limit_s=spec.planner_time_limit_s,
+        limits=current_limits(),
     )
 
 
-def build_schedule(value: str | None, scenario: Scenario, *, folder: Path, time_limit_s: float | None = None) -> Schedule:
+def resolve_schedule(value: str | None, scenario: Scenario, *, folder: Path, time_limit_s: float | None = None) -> Schedule:
     """The schedule a ``schedule:`` value names, for ``scenario``.
 
     ``None``: the scenario's own schedule file; a ``.json``/``.yaml`` name: that file
@@ -95,16 +99,8 @@ def build_schedule(value: str | None, scenario: Scenario, *, folder: Path, time_
     if is_schedule_file(value):
         return load_schedule(folder / value)
     if value == PLANNER:
-        return _planned(scenario, time_limit_s)
+        return planned_schedule(scenario, time_limit=time_limit_s)  # None: the scenario's objective.time_limit_s
     return builtin_schedule(value, scenario)
-
-
-def _planned(scenario: Scenario, time_limit_s: float | None) -> Schedule:
-    try:
-        from planner.bilevel import plan
-    except ImportError:
-        raise InputError("the MIP planner (planner.bilevel) is not available in this installation", field="schedule") from None
-    return plan(scenario, time_limit=time_limit_s).schedule  # None: the scenario's objective.time_limit_s
 
 
 def builtin_schedule(name: str, scenario: Scenario) -> Schedule:
@@ -142,7 +138,7 @@ def metrics_of(report: Report, tasks: int) -> dict[str, float | int]:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ScheduleRejected):
-        shown = "; ".join(exc.violations[:3])
+        shown = "; ".join(v.message for v in exc.violations[:3])
         more = f" (and {len(exc.violations) - 3} more)" if len(exc.violations) > 3 else ""
         return f"schedule rejected: {shown}{more}"
     if isinstance(exc, OpplanError):
@@ -155,18 +151,8 @@ def run_point(job: PointJob) -> dict[str, Any]:
     started = time.perf_counter()
     row: dict[str, Any] = {"key": job.key, "fields": dict(job.fields), "status": "error", "error": "", "schedule_name": ""}
     try:
-        doc = apply_overrides(dict(job.base_doc), [(path, value) for path, value in job.fields if path != "schedule"])
-        scenario = scenario_from_dict(doc, job.base_file)
-        schedule = build_schedule(job.schedule, scenario, folder=Path(job.folder), time_limit_s=job.planner_time_limit_s)
-        row["schedule_name"] = schedule.name
-        timeline = replay(scenario.problem, schedule)
-        row.update(metrics_of(build_report(timeline), len(schedule)))
-        if timeline.violations:
-            row["status"] = "invalid"
-            more = len(timeline.violations) - 1
-            row["error"] = timeline.violations[0] + (f" (and {more} more)" if more else "")
-        else:
-            row["status"] = "ok"
+        with using_limits(job.limits):
+            _run(job, row)
     except NotApplicable as exc:
         row["status"] = "not-applicable"
         row["error"] = exc.message
@@ -174,3 +160,19 @@ def run_point(job: PointJob) -> dict[str, Any]:
         row["error"] = _describe(exc)
     row["elapsed_s"] = time.perf_counter() - started
     return row
+
+
+def _run(job: PointJob, row: dict[str, Any]) -> None:
+    """Overrides -> scenario -> schedule -> replay, filling ``row``; raises for a failed point."""
+    doc = apply_overrides(dict(job.base_doc), [(path, value) for path, value in job.fields if path != "schedule"])
+    scenario = scenario_from_dict(doc, job.base_file)
+    schedule = resolve_schedule(job.schedule, scenario, folder=Path(job.folder), time_limit_s=job.planner_time_limit_s)
+    row["schedule_name"] = schedule.name
+    timeline = replay(scenario.problem, schedule)
+    row.update(metrics_of(build_report(timeline), len(schedule)))
+    if timeline.violations:
+        row["status"] = "invalid"
+        more = len(timeline.violations) - 1
+        row["error"] = timeline.violations[0].message + (f" (and {more} more)" if more else "")
+    else:
+        row["status"] = "ok"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,9 @@ from typing import Any
 
 from opplan.sweeps.overrides import check_field
 from simulator.errors import InputError
-from simulator.yamlio import Section, read_section
+from simulator.limits import current_limits, fmt_count
+from simulator.reading import read_input_bytes
+from simulator.yamlio import Section, read_section, show
 
 __all__ = ["PLANNER", "ALL_BUILTINS", "Point", "PlotSpec", "SweepSpec", "builtin_names", "is_schedule_file", "load_sweep", "point_key"]
 
@@ -106,14 +109,9 @@ class SweepSpec:
 
 def builtin_names() -> list[str]:
     """Names of the built-in schedules (``planner.schedules.SCHEDULES``), in their order."""
-    try:
-        from planner import schedules
-    except ImportError:  # pragma: no cover - the package ships with planner
-        schedules = None
-    names = getattr(schedules, "SCHEDULES", None)
-    if not names:
-        raise InputError("no built-in schedules are available in this installation", field="schedule")
-    return [str(name) for name in names]
+    from planner.schedules import SCHEDULES
+
+    return [str(name) for name in SCHEDULES]
 
 
 def is_schedule_file(value: str) -> bool:
@@ -156,7 +154,23 @@ def _schedule_values(values: list[Any], section: Section, where: str | int) -> l
     return out
 
 
-def _grid_points(grid: Section) -> list[list[tuple[str, Any]]]:
+def _check_points(count: int, section: Section, where: str | None) -> None:
+    """Refuse more points than :attr:`~simulator.limits.Limits.max_points` before expanding any."""
+    limit = current_limits().max_points
+    if count > limit:
+        raise section.error(f"{fmt_count(count)} points; the limit is {fmt_count(limit)}; raise it with --max-points", where)
+
+
+def _axis_size(path: Any, raw: Any) -> int:
+    values = raw if isinstance(raw, list) else [raw]
+    if path == "schedule":
+        return sum(len(builtin_names()) if value == ALL_BUILTINS else 1 for value in values)
+    return len(values)
+
+
+def _grid_points(grid: Section, extra: int = 0) -> list[list[tuple[str, Any]]]:
+    sizes = [_axis_size(path, raw) for path, raw in grid.data.items()]
+    _check_points(math.prod(sizes) + extra, grid, None)
     axes: list[list[tuple[str, Any]]] = []
     for path in grid.keys():
         check_field(path, file=grid.file, where=grid.where())
@@ -197,9 +211,19 @@ def _plot(item: Section) -> PlotSpec:
 
 def _file_digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
+        return hashlib.sha256(read_input_bytes(path)).hexdigest()[:16]  # never a FIFO or /dev/zero
+    except InputError:
         return None  # reported when the point runs
+
+
+def _plain_name(doc: Section, path: Path) -> str:
+    """The sweep's name, which names its output folder (``out/<name>``): a plain file name, so
+    a ``name:`` such as ``../../x`` or ``/etc`` can never put files outside ``out/``."""
+    name = doc.str("name", path.stem)
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") or len(name.encode()) > 200 or "\0" in name:
+        raise doc.error(f"a sweep name is a plain folder name (no '/', not starting with '.', at most 200 bytes), got {show(name)}",
+                        "name")
+    return name
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -209,8 +233,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     doc.check_keys({"name", "description", "scenario", "grid", "points", "planner", "plots"})
     base_file = path.parent / doc.str("scenario")
     base_doc = read_section(base_file).data
-    combos = _grid_points(doc.section("grid", {}))
-    combos += _explicit_points(doc.sections("points", []))
+    name = _plain_name(doc, path)
+    explicit = doc.sections("points", [])
+    combos = _grid_points(doc.section("grid", {}), len(explicit))
+    combos += _explicit_points(explicit)
     if not combos:
         combos = [[]]
     planner = doc.section("planner", {})
@@ -235,7 +261,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         points.append(Point(fields=tuple(combo), key=key))
         fields.extend(name for name, _ in combo if name not in fields)
     return SweepSpec(
-        name=doc.str("name", path.stem),
+        name=name,
         description=str(doc.raw("description", "")),
         file=path,
         base_file=base_file,

@@ -43,12 +43,14 @@ class ResultsLog:
         """Every complete row in file order (a truncated or garbled line is skipped)."""
         if not self.path.exists():
             return []
+        if not self.path.is_file():
+            raise InputError("the results log is not a regular file", file=str(self.path))
         out = []
-        with self.path.open() as handle:
+        with self.path.open(encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # a garbled line (or one cut short by a kill)
                     continue
                 if isinstance(row, dict) and isinstance(row.get("key"), str):
                     out.append(row)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from opplan.output import write_output
 from opplan.sweeps.point import METRICS
 from opplan.sweeps.spec import SweepSpec
 from simulator.errors import InputError
+from simulator.reading import read_input_bytes
 
 __all__ = ["TABLE_COLUMNS", "results_table", "write_tables", "read_table", "summary_table"]
 
@@ -65,22 +67,23 @@ def write_tables(table: pd.DataFrame, folder: Path, *, inputs: tuple[Path, ...] 
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Load a results table written by a sweep (``.csv`` or ``.parquet``)."""
+    """Load a results table written by a sweep (``.csv`` or ``.parquet``), through the one
+    reading path (:func:`simulator.reading.read_input_bytes`: a regular file, size-capped)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", file=str(path))
+    if path.suffix not in (".csv", ".parquet"):
+        raise InputError("expected a .csv or .parquet results table", file=str(path))
+    data = io.BytesIO(read_input_bytes(path))
     try:
         if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix == ".csv":
-            return pd.read_csv(path)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"cannot read the table ({exc})", file=str(path)) from None
-    raise InputError("expected a .csv or .parquet results table", file=str(path))
+            return pd.read_parquet(data)
+        return pd.read_csv(data, encoding="utf-8")
+    except (ValueError, OSError, UnicodeDecodeError, RecursionError) as exc:  # pyarrow's errors are ValueErrors
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise InputError(f"cannot read the table ({reason})", file=str(path)) from None
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: str = ".4g") -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return format(value * scale, digits)
 

@@ -131,7 +131,7 @@ def _lifetimes(graph: TaskGraph) -> list[tuple[int, int, float]] | None:
             out.append((t, t, op.activation_bytes))
             continue
         b, w = index[type(task)(task.op, task.mb, "B")], index[type(task)(task.op, task.mb, "W")]
-        if len({graph.stream_of[t][0], graph.stream_of[b][0], graph.stream_of[w][0]}) > 1:
+        if len({graph.device_stream[t][0], graph.device_stream[b][0], graph.device_stream[w][0]}) > 1:
             return None
         out.append((t, b, op.activation_bytes - op.w_retained_bytes))
         if op.w_retained_bytes:
@@ -151,7 +151,7 @@ def _memory(model, graph: TaskGraph, limits: Mapping[str, float], start, p: list
         return lengths
     by_device: dict[str, list[tuple[int, int, float]]] = {}
     for first, last, size in lifetimes:
-        by_device.setdefault(graph.stream_of[first][0], []).append((first, last, size))
+        by_device.setdefault(graph.device_stream[first][0], []).append((first, last, size))
     static = graph.static_memory
     for device, items in by_device.items():
         unit = max(math.gcd(*(round(size) for *_, size in items)), 1)  # exact for whole bytes
@@ -173,7 +173,7 @@ def _reservoirs(model, graph: TaskGraph, limits: Mapping[str, float], start, p: 
     delta = graph.memory_delta()
     static = graph.static_memory
     by_device: dict[str, list[int]] = {}
-    for t, (device, _) in enumerate(graph.stream_of):
+    for t, (device, _) in enumerate(graph.device_stream):
         if delta[t][0] or delta[t][1]:
             by_device.setdefault(device, []).append(t)
     for device, members in by_device.items():

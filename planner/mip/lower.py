@@ -47,6 +47,7 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
+from planner.mip import FORMULATIONS
 from planner.mip.cpsat import cpsat_available, solve_order
 from planner.mip.highs import HighsResult, Progress, outcome, progress_log, run_highs
 from planner.taskgraph import TaskGraph
@@ -56,7 +57,6 @@ __all__ = ["FORMULATIONS", "OBJECTIVES", "LowerLevelResult", "Progress", "Schedu
 
 logger = logging.getLogger(__name__)
 
-FORMULATIONS = ("tight", "global-m")
 OBJECTIVES = ("makespan", "memory")
 
 Order = Mapping[tuple[str, str], Sequence[int]]
@@ -391,7 +391,7 @@ def _memory(rows: _Rows, graph: TaskGraph, d: _Data, pairs: _Pairs) -> dict[str,
     fixed_before, index = set(pairs.fixed), pairs.index
     device_tasks: dict[str, list[int]] = {}
     for t in range(d.n):
-        device_tasks.setdefault(graph.stream_of[t][0], []).append(t)
+        device_tasks.setdefault(graph.device_stream[t][0], []).append(t)
     for device, members in device_tasks.items():
         change = {u: d.delta[u][0] - d.delta[u][1] for u in members}  # net bytes left behind by u
         if all(abs(change[u]) < 1e-12 for u in members) and not any(d.delta[u][0] for u in members):

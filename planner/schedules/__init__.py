@@ -8,18 +8,19 @@ raised as one-line :class:`~simulator.errors.InputError` naming the field.
 >>> from planner.schedules.examples import example_scenario
 >>> scenario = example_scenario(stages=4, micro_batches=8)
 >>> sorted(name for name, why in available(scenario).items() if why is None)
-['1f1b', 'dualpipe', 'dualpipev', 'gpipe', 'interleaved-1f1b', 'zb-h1', 'zb-h2']
+['1f1b', 'dualpipe', 'dualpipe-per-pass', 'dualpipev', 'dualpipev-per-pass', 'gpipe', 'interleaved-1f1b', 'zb-h1', 'zb-h2']
 >>> len(generate("1f1b", scenario))  # 4 stages x 8 micro-batches x (F, B, W)
 96
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from planner.schedules.classic import gpipe, interleaved_1f1b, one_f_one_b
-from planner.schedules.dualpipe import dualpipe, dualpipev
+from planner.schedules.dualpipe import dualpipe, dualpipe_per_pass, dualpipev, dualpipev_per_pass
 from planner.schedules.zero_bubble import zb_h1, zb_h2
 from simulator.errors import InputError
 from simulator.scenario import Scenario
@@ -42,15 +43,50 @@ SCHEDULES: dict[str, Generator] = {
     "zb-h2": zb_h2,
     "dualpipe": dualpipe,
     "dualpipev": dualpipev,
+    "dualpipe-per-pass": dualpipe_per_pass,
+    "dualpipev-per-pass": dualpipev_per_pass,
 }
 
 
+#: Built-in schedules already generated: ``(id(scenario), name, options)`` -> the schedule,
+#: or the error its generator raised. ``opplan compare --plan --plan-memory-like`` needs
+#: the same built-ins for its table, for the memory limit and for the planner's
+#: candidates: each is generated once. Scenarios and schedules are immutable, and an
+#: entry goes when its scenario is garbage-collected, so an answer is never stale.
+_generated: dict[tuple, Schedule | InputError] = {}
+
+
 def generate(name: str, scenario: Scenario, **options: Any) -> Schedule:
-    """The schedule ``name`` for ``scenario``; ``options`` override its ``pipeline:`` settings."""
+    """The schedule ``name`` for ``scenario``; ``options`` override its ``pipeline:`` settings.
+
+    ZB-H1 against 1F1B in DualPipe's setting (8 stages, 20 micro-batches, F = B = W = 1 ms):
+
+    >>> from simulator.engine import replay
+    >>> from simulator.scenario import load_scenario
+    >>> scenario = load_scenario("scenarios/dualpipe-8x20.yaml")
+    >>> for name in ("1f1b", "zb-h1"):
+    ...     print(name, round(replay(scenario.problem, generate(name, scenario)).makespan * 1e3, 9))
+    1f1b 81.0
+    zb-h1 67.0
+    """
     generator = SCHEDULES.get(name)
     if generator is None:
         raise InputError(f"unknown schedule {name!r} (built in: {', '.join(SCHEDULES)})", field="schedule")
-    return generator(scenario, **options)
+    key = (id(scenario), name, tuple(sorted((k, v) for k, v in options.items() if v is not None)))
+    try:
+        outcome = _generated.get(key)
+    except TypeError:  # an unhashable option value: nothing to share
+        return generator(scenario, **options)
+    if outcome is None:
+        try:
+            outcome = generator(scenario, **options)
+        except InputError as exc:
+            outcome = exc
+        _generated[key] = outcome
+        weakref.finalize(scenario, _generated.pop, key, None)
+    if isinstance(outcome, InputError):  # a fresh error each time: callers may fill in its file
+        raise type(outcome)(outcome.message, file=outcome.file, field=outcome.field)
+    return outcome
 
 
 def available(scenario: Scenario, **options: Any) -> dict[str, str | None]:

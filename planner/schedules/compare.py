@@ -5,7 +5,10 @@ published comparisons use: makespan, bubble (the largest per-device idle time,
 ``makespan - busy``), bubble ratio, peak activation memory per rank in bytes and in
 *micro-batch-stages* (one stage's activations for one micro-batch), and the parameter
 memory multiple (static memory per device over one stage's; DualPipe's 2x). Ratios
-are to the best row. ``extra`` adds schedules from elsewhere (a file, the planner).
+are to the best *valid* row: a replay with violations (a deadlock that stops early, a
+memory limit broken) is marked invalid and never becomes the reference, since a
+deadlocked schedule "finishes" soonest of all. ``extra`` adds schedules from elsewhere
+(a file, the planner).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from rich.table import Table
 from planner.schedules import available, generate
 from simulator.engine import replay
 from simulator.metrics import build_report
-from simulator.report import fmt_bytes, fmt_ms
+from simulator.report import fmt_bytes, fmt_ms, fmt_percent
 from simulator.scenario import Scenario
 from simulator.schedule import Schedule
 
@@ -44,12 +47,15 @@ class ComparisonRow:
     activation_microbatches: float | None
     #: Static memory of the fullest device over one stage's static memory (2.0 for DualPipe).
     param_multiple: float | None
-    makespan_vs_best: float = 1.0
+    #: ``None`` when no row is valid (there is no reference).
+    makespan_vs_best: float | None = 1.0
     bubble_vs_best: float | None = None
     activation_vs_best: float | None = None
     params_vs_best: float | None = None
     #: e.g. "heuristic", or the first run-time violation (memory over capacity).
     note: str = ""
+    #: False when the replay had violations: the row is marked and is never the reference.
+    valid: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,7 +96,8 @@ def measure(scenario: Scenario, schedule: Schedule, name: str | None = None) -> 
     if schedule.meta.get("heuristic"):
         notes.append("heuristic")
     if timeline.violations:
-        notes.append(timeline.violations[0])
+        more = len(timeline.violations) - 1
+        notes.insert(0, timeline.violations[0].message + (f" (and {more} more)" if more else ""))
     return ComparisonRow(
         name=name or schedule.name,
         ranks=len(schedule.devices),
@@ -101,6 +108,7 @@ def measure(scenario: Scenario, schedule: Schedule, name: str | None = None) -> 
         activation_microbatches=report.peak_activation / activation_unit if activation_unit > 0 else None,
         param_multiple=params,
         note="; ".join(notes),
+        valid=not timeline.violations,
     )
 
 
@@ -120,7 +128,7 @@ def comparison_rows(scenario: Scenario, extra: Mapping[str, Schedule] | None = N
     >>> from planner.schedules.examples import example_scenario
     >>> rows = comparison_rows(example_scenario(stages=4, micro_batches=8))
     >>> [(r.name, r.ranks, round(r.makespan * 1e3, 6)) for r in rows if r.makespan_vs_best < 1.1]
-    [('zb-h1', 4, 27.0), ('zb-h2', 4, 27.0), ('dualpipe', 4, 26.0)]
+    [('zb-h1', 4, 27.0), ('zb-h2', 4, 27.0), ('dualpipe', 4, 26.0), ('dualpipe-per-pass', 4, 26.0)]
     """
     rows = [measure(scenario, generate(name, scenario, **options), name)
             for name, reason in available(scenario, **options).items() if reason is None]
@@ -128,18 +136,20 @@ def comparison_rows(scenario: Scenario, extra: Mapping[str, Schedule] | None = N
     if not rows:
         return rows
 
+    valid = [r for r in rows if r.valid]  # an invalid row is never the reference
+
     def best(values: list[float | None]) -> float | None:
         present = [v for v in values if v is not None]
         return min(present) if present else None
 
-    best_makespan = best([r.makespan for r in rows])
-    best_bubble = best([r.bubble for r in rows])
-    best_activation = best([r.activation_bytes for r in rows])
-    best_params = best([r.param_multiple for r in rows])
+    best_makespan = best([r.makespan for r in valid])
+    best_bubble = best([r.bubble for r in valid])
+    best_activation = best([r.activation_bytes for r in valid])
+    best_params = best([r.param_multiple for r in valid])
     return [
         replace(
             row,
-            makespan_vs_best=row.makespan / best_makespan if best_makespan else 1.0,
+            makespan_vs_best=row.makespan / best_makespan if best_makespan else None,
             bubble_vs_best=_ratio(row.bubble, best_bubble),
             activation_vs_best=_ratio(row.activation_bytes, best_activation),
             params_vs_best=_ratio(row.param_multiple, best_params),
@@ -149,7 +159,7 @@ def comparison_rows(scenario: Scenario, extra: Mapping[str, Schedule] | None = N
 
 
 def _times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}x"
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3g}x"
 
 
 def render_comparison(rows: list[ComparisonRow], unavailable: Mapping[str, str] | None = None, *,
@@ -163,13 +173,13 @@ def render_comparison(rows: list[ComparisonRow], unavailable: Mapping[str, str] 
         table.add_column(header, justify="left" if header in ("schedule", "note") else "right")
     for row in rows:
         table.add_row(
-            row.name,
+            row.name if row.valid else f"{row.name} (invalid)",
             str(row.ranks),
             fmt_ms(row.makespan),
             _times(row.makespan_vs_best),
             fmt_ms(row.bubble),
             _times(row.bubble_vs_best),
-            f"{100 * row.bubble_ratio:.1f}",
+            fmt_percent(row.bubble_ratio),
             "-" if row.activation_microbatches is None else f"{row.activation_microbatches:.3g}",
             fmt_bytes(row.activation_bytes),
             _times(row.activation_vs_best),

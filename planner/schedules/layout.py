@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -99,19 +99,15 @@ def pipeline_of(scenario: Scenario, options: Mapping[str, Any] | None = None) ->
     if problem.workload.mode != "training":
         raise InputError("the built-in pipeline schedules are training schedules (F, B and W passes)", file=file,
                          field="workload.mode")
+    why = graph.chain_break()
+    if why is not None:
+        raise InputError(f"the built-in pipeline schedules need a chain of stages (model type: pipeline); {why}",
+                         file=file, field="model")
     for op in graph.operators:
-        if len(graph.predecessors[op.name]) > 1 or len(graph.successors[op.name]) > 1:
-            raise InputError(
-                f"the built-in pipeline schedules need a chain of stages (model type: pipeline);"
-                f" operator {op.name!r} branches", file=file, field="model")
         if op.stream != "compute":
             raise InputError(f"operator {op.name!r} runs on the {op.stream} stream; pipeline stages must be compute",
                              file=file, field="model")
     order = graph.topological_order
-    for first, second in zip(order, order[1:]):
-        if not any(edge.dst == second for edge in graph.successors[first]):
-            raise InputError(f"the stages are not one chain: nothing flows from {first!r} to {second!r}", file=file,
-                             field="model")
     merged = dict(scenario.pipeline)
     merged.update({k: v for k, v in (options or {}).items() if v is not None})
     return Pipeline(
@@ -158,6 +154,16 @@ class RankProgram:
             self.deferred.append(weight)
         else:
             self.entries.append(Entry((task, weight)))
+
+    def send_after_next(self) -> None:
+        """The last entry's outputs leave only when the next entry ends (a deferred send)."""
+        self.entries[-1] = replace(self.entries[-1], send_after_next=True)
+
+    def prefetch_forward(self, stream: Any, stage: str) -> None:
+        """The last entry also waits for the input of ``stream``'s next forward (a receive posted early)."""
+        if self._forward[stream]:
+            upcoming = Task(stage, self._forward[stream][0], "F")
+            self.entries[-1] = replace(self.entries[-1], prefetch=(*self.entries[-1].prefetch, upcoming))
 
     def weight(self) -> None:
         """Run the oldest deferred W."""

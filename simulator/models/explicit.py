@@ -53,6 +53,7 @@ def _operator(item: Section) -> Operator:
     flops = _kind_map(item, "flops", 1.0) if "flops" in item else {}
     if not measured and not flops:
         raise item.error("an operator needs flops or a measured time (time_ms)", "flops")
+    group = item.str("group") if "group" in item else ""
     try:
         return Operator(
             name=name,
@@ -65,7 +66,7 @@ def _operator(item: Section) -> Operator:
             workspace_bytes=read_bytes(item, "workspace"),
             comm_bytes=read_bytes(item, "comm"),
             stream=item.str("stream", "compute", choices=("compute", "comm")),
-            group=item.raw("group", ""),
+            group=group,
         )
     except InputError as exc:
         raise InputError(exc.message, file=item.file, field=item.path) from None

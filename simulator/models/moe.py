@@ -22,7 +22,7 @@ Fields: ``layers``, ``dense_layers``, ``hidden``, ``heads``, ``kv_heads`` (defau
 ``expert_ffn``, ``vocab``, ``mla: {q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_dim}`` (multi-head latent
 attention; ``mla: null`` for ordinary attention; ``q_lora_rank: 0`` = no query
 compression), plus the common ``seq_len``, ``micro_batch_size``, ``precision``,
-``recompute``, ``flash_attention``, ``name``, ``measured`` (see
+``recompute``, ``attention_kernel``, ``norm``, ``qkv``, ``name``, ``measured`` (see
 :mod:`simulator.models.transformer`).
 
 Operators of MoE layer ``i`` (groups in brackets)::
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulator.costs import Cost, attention_core, embedding, linear, norm
+from simulator.costs import Cost, attention_core, embedding, linear, norm, pointwise, residual, rotary
 from simulator.graph import OperatorGraph
 from simulator.models.transformer import (
     SETTING_KEYS,
@@ -128,24 +128,33 @@ def mla_cost(settings: Settings, hidden: int, heads: int, mla: MLAConfig) -> Cos
     >>> int(mla_cost(Settings(seq_len=1, micro_batch_size=1), 7168, 128, m).params)  # DeepSeek-V3's attention
     187114496
     """
-    t, e = settings.tokens, settings.elem
+    t, e, style = settings.tokens, settings.elem, settings.norm
     qk = mla.qk_nope_dim + mla.qk_rope_dim
-    cost = norm(t, hidden, e)
+    cost = norm(t, hidden, e, style=style)
     if mla.q_lora_rank:
         cost = cost + linear(t, hidden, mla.q_lora_rank + mla.kv_lora_rank + mla.qk_rope_dim, e)
-        cost = cost + norm(t, mla.q_lora_rank, e) + linear(t, mla.q_lora_rank, heads * qk, e)
+        cost = cost + norm(t, mla.q_lora_rank, e, style=style) + linear(t, mla.q_lora_rank, heads * qk, e)
     else:
         cost = cost + linear(t, hidden, heads * qk + mla.kv_lora_rank + mla.qk_rope_dim, e)
-    cost = cost + norm(t, mla.kv_lora_rank, e) + linear(t, mla.kv_lora_rank, heads * (mla.qk_nope_dim + mla.v_dim), e)
+    cost = cost + norm(t, mla.kv_lora_rank, e, style=style) + linear(t, mla.kv_lora_rank, heads * (mla.qk_nope_dim + mla.v_dim), e)
+    # Rotary on the decoupled rope parts; the core saves q, k (nope and rope joined) and v.
+    cost = cost + rotary(t, heads * mla.qk_rope_dim, e) + rotary(t, mla.qk_rope_dim, e)
+    cost = cost + Cost(saved=t * heads * (2 * qk + mla.v_dim) * e)
     b, s = settings.micro_batch_size, settings.seq_len
-    cost = cost + attention_core(b, heads, s, s, qk, mla.v_dim, e, flash=settings.flash_attention)
-    return cost + linear(t, heads * mla.v_dim, hidden, e)
+    cost = cost + attention_core(b, heads, s, s, qk, mla.v_dim, e, kernel=settings.attention_kernel)
+    return cost + linear(t, heads * mla.v_dim, hidden, e) + residual(t, hidden, e)
 
 
-def router_cost(tokens: float, hidden: int, experts: int, top_k: int, elem: int) -> Cost:
-    """Post-attention norm + gate ``h -> experts``; keeps fp32 scores and the routing choice."""
+def router_cost(tokens: float, hidden: int, experts: int, top_k: int, elem: int, *, norm_style: str = "fused") -> Cost:
+    """Post-attention norm + gate ``h -> experts``; keeps fp32 scores and the routing choice.
+
+    The fp32 softmax / sigmoid over the scores and the top-k selection are memory-bound
+    (4 passes over ``T experts`` fp32 forward, 3 backward); the residual add is here too.
+    """
     fp32_scores = Cost(saved=tokens * experts * 4 + tokens * top_k * ROUTE_BYTES_PER_COPY)
-    return norm(tokens, hidden, elem) + linear(tokens, hidden, experts, elem) + fp32_scores
+    scoring = pointwise(tokens * experts, 4, 4, 3, kernels=(2, 2))
+    gate = norm(tokens, hidden, elem, style=norm_style) + linear(tokens, hidden, experts, elem)
+    return gate + fp32_scores + scoring + residual(tokens, hidden, elem)
 
 
 @dataclass(frozen=True)
@@ -235,14 +244,16 @@ def moe_graph(config: MoEConfig, name: str, section: Section | None = None) -> O
     routed_tokens = t * k / n_exp
     a2a_bytes = t * k * h * e
     g = GraphBuilder()
-    outputs = [g.add(make_operator("embed", embedding(t, config.vocab, h), group="embed"))]
+    outputs = [g.add(make_operator("embed", embedding(t, config.vocab, h, e), group="embed"))]
     for i in range(config.layers):
         layer = f"layer{i}"
         attn = g.add(make_operator(f"L{i}.attn", config.attention(), group=layer, keep=keep), *((o, stream) for o in outputs))
         if i < config.dense_layers:
-            outputs = [g.add(make_operator(f"L{i}.mlp", mlp_cost(t, h, config.ffn, e), group=layer, keep=keep), (attn, stream))]
+            dense = mlp_cost(t, h, config.ffn, e, norm_style=s.norm)
+            outputs = [g.add(make_operator(f"L{i}.mlp", dense, group=layer, keep=keep), (attn, stream))]
             continue
-        router = g.add(make_operator(f"L{i}.router", router_cost(t, h, n_exp, k, e), group=layer, keep=keep), (attn, stream))
+        gate = router_cost(t, h, n_exp, k, e, norm_style=s.norm)
+        router = g.add(make_operator(f"L{i}.router", gate, group=layer, keep=keep), (attn, stream))
         dispatch = make_operator(f"L{i}.dispatch", Cost(), group=f"{layer}.dispatch", stream="comm", comm_bytes=a2a_bytes)
         g.add(dispatch, (router, stream + t * k * ROUTE_BYTES_PER_COPY))
         expert_cost = mlp_cost(routed_tokens, h, config.expert_ffn, e, with_norm=False)
@@ -258,7 +269,7 @@ def moe_graph(config: MoEConfig, name: str, section: Section | None = None) -> O
             outputs.append(g.add(make_operator(f"L{i}.shared", shared_cost, group=layer, keep=keep), (router, stream)))
         else:
             outputs.append(router)  # the residual stream goes straight on
-    g.add(make_operator("head", head_cost(t, h, config.vocab, e), group="head"), *((o, stream) for o in outputs))
+    g.add(make_operator("head", head_cost(t, h, config.vocab, e, norm_style=s.norm), group="head"), *((o, stream) for o in outputs))
     return g.build(name, section or Section({}))
 
 
@@ -280,4 +291,5 @@ def model_facts(section: Section) -> list[tuple[str, str]]:
         ("activated parameters", f"{activated / 1e9:.3g}e9 per token of {total / 1e9:.4g}e9"),
         ("tokens per micro-batch", f"{s.tokens} ({s.micro_batch_size} x {s.seq_len})"),
         ("precision / recompute", f"{s.precision} / {'on' if s.recompute else 'off'}"),
+        ("kernels (costs)", f"attention {s.attention_kernel}, norm {s.norm}, qkv {s.qkv}"),
     ]

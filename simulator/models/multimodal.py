@@ -34,11 +34,11 @@ Operators (groups in brackets)::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simulator.costs import Cost, attention_core, embedding, linear, norm
+from simulator.costs import Cost, attention_core, embedding, linear, norm, residual
 from simulator.graph import OperatorGraph
 from simulator.models.transformer import (
     SETTING_KEYS,
@@ -141,11 +141,13 @@ def cross_attention_cost(settings: Settings, hidden: int, heads: int, kv_tokens_
     b, s, e, d = settings.micro_batch_size, settings.seq_len, settings.elem, hidden // heads
     t_q, t_kv = b * s, b * kv_tokens_per_sample
     return (
-        norm(t_q, hidden, e)
+        norm(t_q, hidden, e, style=settings.norm)
         + linear(t_q, hidden, hidden, e)
         + linear(t_kv, hidden, 2 * hidden, e)
-        + attention_core(b, heads, s, kv_tokens_per_sample, d, d, e, flash=settings.flash_attention)
+        + Cost(saved=(t_q * hidden + t_kv * 2 * hidden) * e)  # q, and k/v (one view of the kv output)
+        + attention_core(b, heads, s, kv_tokens_per_sample, d, d, e, kernel=settings.attention_kernel, causal=False)
         + linear(t_q, hidden, hidden, e)
+        + residual(t_q, hidden, e)
     )
 
 
@@ -154,14 +156,17 @@ def two_tower_graph(config: TwoTowerConfig, name: str, section: Section | None =
     s, v, x = config.settings, config.vision, config.text
     e, b = s.elem, s.micro_batch_size
     # The vision tower sees b images of v.tokens tokens: same formulas, another sequence.
-    vs = Settings(seq_len=v.tokens, micro_batch_size=b, precision=s.precision, recompute=s.recompute, flash_attention=s.flash_attention)
+    vs = replace(s, seq_len=v.tokens)
     tv, tt = vs.tokens, s.tokens
     v_stream, t_stream, image = tv * v.hidden * e, tt * x.hidden * e, tv * x.hidden * e
     # Under recomputation an operator keeps its inputs: the stream (and the image tokens for cross-attention).
     v_keep, t_keep, x_keep = (v_stream, t_stream, t_stream + image) if s.recompute else (None, None, None)
     # Every layer of a tower costs the same: compute each block once.
-    v_attn, v_mlp = attention_cost(vs, v.hidden, v.heads, v.heads), mlp_cost(tv, v.hidden, v.ffn, e, kind="gelu")
-    t_attn, t_mlp = attention_cost(s, x.hidden, x.heads, x.heads), mlp_cost(tt, x.hidden, x.ffn, e, kind="gelu")
+    # CLIP-like towers: learned positions (no rotary); the image encoder is bidirectional.
+    v_attn = attention_cost(vs, v.hidden, v.heads, v.heads, causal=False, rope=False)
+    v_mlp = mlp_cost(tv, v.hidden, v.ffn, e, kind="gelu", norm_style=s.norm)
+    t_attn = attention_cost(s, x.hidden, x.heads, x.heads, rope=False)
+    t_mlp = mlp_cost(tt, x.hidden, x.ffn, e, kind="gelu", norm_style=s.norm)
     t_xattn = cross_attention_cost(s, x.hidden, x.heads, v.tokens)
     g = GraphBuilder()
 
@@ -174,7 +179,7 @@ def two_tower_graph(config: TwoTowerConfig, name: str, section: Section | None =
     projection = norm(tv, v.hidden, e) + linear(tv, v.hidden, x.hidden, e)
     proj = g.add(make_operator("vision.proj", projection, group="vision.proj"), (prev, v_stream))
 
-    words = embedding(tt, x.vocab, x.hidden) + Cost(params=s.seq_len * x.hidden)  # + learned positions
+    words = embedding(tt, x.vocab, x.hidden, e) + Cost(params=s.seq_len * x.hidden)  # + learned positions
     prev = g.add(make_operator("text.embed", words, group="text.embed"))
     for i in range(x.layers):
         group = f"text.layer{i}"
@@ -186,7 +191,7 @@ def two_tower_graph(config: TwoTowerConfig, name: str, section: Section | None =
         xattn = make_operator(f"fusion.L{i}.xattn", t_xattn, group=group, keep=x_keep)
         prev = g.add(xattn, (prev, t_stream), (proj, image))
         prev = g.add(make_operator(f"fusion.L{i}.mlp", t_mlp, group=group, keep=t_keep), (prev, t_stream))
-    g.add(make_operator("head", head_cost(tt, x.hidden, x.vocab, e), group="head"), (prev, t_stream))
+    g.add(make_operator("head", head_cost(tt, x.hidden, x.vocab, e, norm_style=s.norm), group="head"), (prev, t_stream))
     return g.build(name, section or Section({}))
 
 
@@ -203,4 +208,5 @@ def model_facts(section: Section) -> list[tuple[str, str]]:
         ("text tower", f"{x.layers} text-only + {c.fusion_layers} fusion layers, width {x.hidden}, {x.heads} heads, vocab {x.vocab}"),
         ("tokens per micro-batch", f"{s.tokens} text ({s.micro_batch_size} x {s.seq_len}) + {s.micro_batch_size * v.tokens} image"),
         ("precision / recompute", f"{s.precision} / {'on' if s.recompute else 'off'}"),
+        ("kernels (costs)", f"attention {s.attention_kernel}, norm {s.norm}, qkv {s.qkv}"),
     ]

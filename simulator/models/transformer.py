@@ -13,8 +13,11 @@ Example (``scenarios/llama7b-8xh100.yaml``)::
 
 Fields: ``layers``, ``hidden``, ``heads``, ``kv_heads`` (grouped-query attention;
 defaults to ``heads``), ``ffn`` (SwiGLU width), ``vocab``, ``seq_len``,
-``micro_batch_size``, ``precision`` (bf16 | fp16), ``recompute``, ``flash_attention``
-(default true: no ``s^2`` activations), ``name``, ``measured``.
+``micro_batch_size``, ``precision`` (bf16 | fp16), ``recompute``, ``attention_kernel``
+(cudnn | flash-attention-3 | flash-attention-2 | math; default cudnn, PyTorch's choice on
+Hopper), ``norm`` (fused | hf: HF transformers' fp32-upcast RMSNorm), ``qkv`` (fused |
+separate), ``name``, ``measured`` (see :mod:`simulator.measured`). ``flash_attention: false``
+(older spelling) means ``attention_kernel: math``.
 
 The graph is a chain at planner granularity: ``embed -> L0.attn -> L0.mlp -> ... ->
 head`` (``head`` = final norm + LM head + loss). Operators carry F / B / W FLOPs,
@@ -29,12 +32,28 @@ the attention / MLP / head blocks and the ``measured:`` override.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulator.costs import ELEMENT_BYTES, Cost, attention_core, cross_entropy, elementwise, embedding, linear, norm
+from simulator.costs import (
+    ATTENTION_KERNELS,
+    ELEMENT_BYTES,
+    NORM_STYLES,
+    Cost,
+    attention_core,
+    cross_entropy,
+    embedding,
+    gelu,
+    linear,
+    norm,
+    pointwise,
+    residual,
+    rotary,
+    swiglu,
+)
 from simulator.graph import Edge, Operator, OperatorGraph
+from simulator.measured import apply_measured
 from simulator.yamlio import Section
 
 __all__ = [
@@ -73,8 +92,13 @@ _SETTING_DEFAULTS: Mapping[str, Any] = {
     "micro_batch_size": 1,
     "precision": "bf16",
     "recompute": False,
-    "flash_attention": True,
+    "attention_kernel": "cudnn",
+    "norm": "fused",
+    "qkv": "fused",
 }
+#: ``qkv: fused`` is one ``h -> (h + 2 kv d)`` linear whose output q, k and v are views of
+#: (autograd then keeps the whole output alive through v); ``separate`` is three linears.
+QKV_STYLES = ("fused", "separate")
 _ARCH_FIELDS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")
 
 
@@ -111,13 +135,21 @@ def read_fields(
 
 @dataclass(frozen=True)
 class Settings:
-    """Fields every builder shares: sequence, micro-batch, precision, recomputation."""
+    """Fields every builder shares: sequence, micro-batch, precision, recomputation, kernels.
+
+    ``attention_kernel`` (:data:`simulator.costs.ATTENTION_KERNELS`), ``norm``
+    (:data:`simulator.costs.NORM_STYLES`) and ``qkv`` (:data:`QKV_STYLES`) are the
+    implementation choices that the measured costs depend on; the defaults are PyTorch's
+    on an H100 with a fused RMSNorm (implementation C of the shared measurement).
+    """
 
     seq_len: int
     micro_batch_size: int
     precision: str = "bf16"
     recompute: bool = False
-    flash_attention: bool = True
+    attention_kernel: str = "cudnn"
+    norm: str = "fused"
+    qkv: str = "fused"
 
     @property
     def tokens(self) -> int:
@@ -129,8 +161,13 @@ class Settings:
         """Bytes per activation element."""
         return ELEMENT_BYTES[self.precision]
 
+    @property
+    def flash_attention(self) -> bool:
+        """A fused attention kernel (no ``s^2`` probabilities kept), i.e. not the math path."""
+        return ATTENTION_KERNELS[self.attention_kernel].fused
 
-SETTING_KEYS = frozenset(_SETTING_DEFAULTS) | {"measured", "name", "type"}
+
+SETTING_KEYS = frozenset(_SETTING_DEFAULTS) | {"measured", "name", "type", "flash_attention"}
 
 
 def read_settings(section: Section, defaults: Mapping[str, Any] | None = None) -> Settings:
@@ -140,71 +177,80 @@ def read_settings(section: Section, defaults: Mapping[str, Any] | None = None) -
         section,
         base,
         ints={"seq_len": 1, "micro_batch_size": 1},
-        bools=("recompute", "flash_attention"),
-        choices={"precision": sorted(ELEMENT_BYTES)},
+        bools=("recompute",),
+        choices={"precision": sorted(ELEMENT_BYTES), "attention_kernel": sorted(ATTENTION_KERNELS),
+                 "norm": NORM_STYLES, "qkv": QKV_STYLES},
     )
+    if "flash_attention" in section:  # the older switch: false = the unfused math path
+        if "attention_kernel" in section:
+            raise section.error("give attention_kernel or flash_attention, not both", "flash_attention")
+        if not section.bool("flash_attention"):
+            values["attention_kernel"] = "math"
     return Settings(**{k: values[k] for k in _SETTING_DEFAULTS})
 
 
-def apply_measured(section: Section, operators: Sequence[Operator]) -> tuple[Operator, ...]:
-    """Apply ``measured: {op: {device type | "*": {F: ms, B: ms, W: ms}}}`` (milliseconds).
-
-    A measured time wins over the FLOP estimate in :meth:`simulator.problem.Problem.duration`.
-    """
-    if "measured" not in section:
-        return tuple(operators)
-    table = section.section("measured")
-    by_name = {op.name: op for op in operators}
-    for name in table.keys():
-        if name not in by_name:
-            raise table.error(f"no operator named {name!r} in this model (e.g. {', '.join(list(by_name)[:3])})", name)
-        per_type = table.section(name)
-        measured: dict[str, dict[str, float]] = {}
-        for device_type in per_type.keys():
-            times = per_type.section(device_type)
-            times.check_keys({"F", "B", "W"})
-            measured[device_type] = {kind: times.number(kind) * 1e-3 for kind in times.keys()}
-        by_name[name] = replace(by_name[name], measured=measured)
-    return tuple(by_name[op.name] for op in operators)
-
-
 # -- building blocks -----------------------------------------------------------------------
-def attention_cost(settings: Settings, hidden: int, heads: int, kv_heads: int) -> Cost:
-    """Pre-norm self-attention: norm, fused QKV projection, attention core, output projection.
+def attention_cost(settings: Settings, hidden: int, heads: int, kv_heads: int, *, causal: bool = True, rope: bool = True) -> Cost:
+    """Pre-norm self-attention: norm, QKV projection, rotary, attention core, output projection, residual.
 
-    Parameters ``2 h^2 + 2 h (kv d) + h`` with ``d = h / heads``.
+    ``causal: False`` for an encoder (every token sees every token), ``rope: False`` for
+    learned positions. Parameters ``2 h^2 + 2 h (kv d) + h`` with ``d = h / heads``. Saved for the backward,
+    as autograd keeps them: the norm's input, the QKV input, the rotated q and k and v
+    (with a fused QKV, v is a view that keeps the whole QKV output alive), the core's
+    output (the output projection's input) and the core's log-sum-exp.
 
     >>> s = Settings(seq_len=8, micro_batch_size=1)
     >>> int(attention_cost(s, hidden=16, heads=4, kv_heads=2).params)
     784
     """
-    t, e, d = settings.tokens, settings.elem, hidden // heads
+    t, e, d, b, sq = settings.tokens, settings.elem, hidden // heads, settings.micro_batch_size, settings.seq_len
+    kv = kv_heads * d
+    if settings.qkv == "fused":
+        # dq, dk, dv are copied into one dqkv for the fused projection's backward (read + write).
+        width = hidden + 2 * kv
+        projection = linear(t, hidden, width, e) + Cost(saved=t * width * e) + pointwise(t * width, e, 0, 2, kernels=(0, 1))
+    else:
+        projection = (
+            linear(t, hidden, hidden, e) + linear(t, hidden, kv, e, saves_input=False) + linear(t, hidden, kv, e, saves_input=False)
+            + Cost(saved=t * kv * e) + pointwise(t * hidden, e, 0, 6, kernels=(0, 2))  # v saved; dX of the three summed
+        )
     return (
-        norm(t, hidden, e)
-        + linear(t, hidden, hidden + 2 * kv_heads * d, e)
-        + attention_core(settings.micro_batch_size, heads, settings.seq_len, settings.seq_len, d, d, e, flash=settings.flash_attention)
+        norm(t, hidden, e, style=settings.norm)
+        + projection
+        + (rotary(t, hidden, e) + rotary(t, kv, e) + Cost(saved=t * (hidden + kv) * e) if rope else Cost())
+        + attention_core(b, heads, sq, sq, d, d, e, kernel=settings.attention_kernel, causal=causal)
         + linear(t, hidden, hidden, e)
+        + residual(t, hidden, e)
     )
 
 
-def mlp_cost(tokens: float, hidden: int, ffn: int, elem: int, *, kind: str = "swiglu", with_norm: bool = True) -> Cost:
-    """Feed-forward block on ``tokens`` tokens.
+def mlp_cost(
+    tokens: float, hidden: int, ffn: int, elem: int, *, kind: str = "swiglu", with_norm: bool = True, norm_style: str = "fused"
+) -> Cost:
+    """Feed-forward block on ``tokens`` tokens, with its residual add.
 
-    ``swiglu``: ``down(silu(gate x) * up x)``, ``3 h f`` parameters, saves the gate and
-    up outputs; ``gelu``: ``down(gelu(up x))``, ``2 h f`` parameters, saves the GELU input.
+    ``swiglu``: ``down(silu(gate x) * up x)``, ``3 h f`` parameters; gate and up are two
+    linears on the same input (their input gradients are summed: 3 passes over ``T h``);
+    saves gate, ``silu(gate)``, up and the product. ``gelu``: ``down(gelu(up x))``,
+    ``2 h f`` parameters, saves the GELU input and output. ``with_norm=False`` (experts):
+    no norm and no residual, the router and combine own them.
 
     >>> [int(mlp_cost(tokens=1, hidden=4, ffn=8, elem=2, kind=k).params) for k in ("swiglu", "gelu")]
     [100, 68]
     """
-    width = 2 * ffn if kind == "swiglu" else ffn
-    cost = linear(tokens, hidden, width, elem) + elementwise(tokens, ffn, 2 if kind == "swiglu" else 1, elem)
+    if kind == "swiglu":
+        cost = linear(tokens, hidden, 2 * ffn, elem) + pointwise(tokens * hidden, elem, 0, 3, kernels=(0, 1)) + swiglu(tokens, ffn, elem)
+    else:
+        cost = linear(tokens, hidden, ffn, elem) + gelu(tokens, ffn, elem)
     cost = cost + linear(tokens, ffn, hidden, elem)
-    return norm(tokens, hidden, elem) + cost if with_norm else cost
+    if not with_norm:
+        return cost
+    return norm(tokens, hidden, elem, style=norm_style) + cost + residual(tokens, hidden, elem)
 
 
-def head_cost(tokens: float, hidden: int, vocab: int, elem: int) -> Cost:
-    """Final norm + LM head (untied) + softmax cross-entropy loss."""
-    return norm(tokens, hidden, elem) + linear(tokens, hidden, vocab, elem) + cross_entropy(tokens, vocab)
+def head_cost(tokens: float, hidden: int, vocab: int, elem: int, *, norm_style: str = "fused") -> Cost:
+    """Final norm + LM head (untied) + fp32 softmax cross-entropy (logits are transient workspace)."""
+    return norm(tokens, hidden, elem, style=norm_style) + linear(tokens, hidden, vocab, elem) + cross_entropy(tokens, vocab, elem)
 
 
 def make_operator(name: str, cost: Cost, *, group: str, keep: float | None = None, **extra: Any) -> Operator:
@@ -217,7 +263,8 @@ def make_operator(name: str, cost: Cost, *, group: str, keep: float | None = Non
         params=cost.params,
         static_bytes=cost.static_bytes,
         activation_bytes=cost.saved,
-        w_retained_bytes=cost.weight_inputs,
+        w_retained_bytes=cost.retained,
+        work=cost.work,
         workspace_bytes=cost.workspace,
         group=group,
         **extra,
@@ -295,13 +342,13 @@ def transformer_graph(config: TransformerConfig, name: str, section: Section | N
     stream = t * h * e  # the residual stream between operators
     keep = stream if s.recompute else None
     g = GraphBuilder()
-    prev = g.add(make_operator("embed", embedding(t, config.vocab, h), group="embed"))
+    prev = g.add(make_operator("embed", embedding(t, config.vocab, h, e), group="embed"))
     for i in range(config.layers):
         attn = make_operator(f"L{i}.attn", attention_cost(s, h, config.heads, config.kv_heads), group=f"layer{i}", keep=keep)
         prev = g.add(attn, (prev, stream))
-        mlp = make_operator(f"L{i}.mlp", mlp_cost(t, h, config.ffn, e), group=f"layer{i}", keep=keep)
+        mlp = make_operator(f"L{i}.mlp", mlp_cost(t, h, config.ffn, e, norm_style=s.norm), group=f"layer{i}", keep=keep)
         prev = g.add(mlp, (prev, stream))
-    g.add(make_operator("head", head_cost(t, h, config.vocab, e), group="head"), (prev, stream))
+    g.add(make_operator("head", head_cost(t, h, config.vocab, e, norm_style=s.norm), group="head"), (prev, stream))
     return g.build(name, section or Section({}))
 
 
@@ -319,4 +366,5 @@ def model_facts(section: Section) -> list[tuple[str, str]]:
         ("shape", f"{c.layers} layers, hidden {c.hidden}, {c.heads} heads ({c.kv_heads} KV), ffn {c.ffn}, vocab {c.vocab}"),
         ("tokens per micro-batch", f"{s.tokens} ({s.micro_batch_size} x {s.seq_len})"),
         ("precision / recompute", f"{s.precision} / {'on' if s.recompute else 'off'}"),
+        ("kernels (costs)", f"attention {s.attention_kernel}, norm {s.norm}, qkv {s.qkv}"),
     ]
