@@ -316,7 +316,7 @@ def plan(
                                 formulation=formulation, verbose=verbose)
     lower = lower_level(chosen, limits, settings, progress)
     notes = []
-    if lower.source == "warm start":
+    if lower.source == "warm start" and lower.gap > 1e-9:
         notes.append(f"no engine found a better order in time: the schedule is the warm start ({chosen.order_source})")
     schedule, timeline = check(scenario, chosen, lower)
     return PlanResult(
