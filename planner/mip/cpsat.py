@@ -50,7 +50,61 @@ def cpsat_available() -> bool:
 
 
 def _ticks(seconds: float) -> int:
-    return int(round(seconds * TICKS_PER_SECOND))
+    """Seconds as whole ticks, rounded up (a float a hair above a whole tick is that tick):
+    an order feasible in ticks is feasible in seconds, and re-timing never lengthens it."""
+    q = seconds * TICKS_PER_SECOND
+    r = round(q)
+    return int(r) if abs(q - r) < 1e-6 else math.ceil(q)
+
+
+@dataclass(frozen=True)
+class _TickData:
+    """Durations, lags, heads and tails in ticks, all from the same rounded numbers."""
+
+    p: list[int]
+    lag: list[int]  # per arc of graph.arcs
+    release: list[int]
+    tail: list[int]
+
+    @classmethod
+    def of(cls, graph: TaskGraph) -> _TickData:
+        p = [_ticks(x) for x in graph.duration]
+        lag = [_ticks(a.lag) for a in graph.arcs]
+        release, tail = [0] * len(p), [0] * len(p)
+        preds: list[list[int]] = [[] for _ in p]
+        for k, arc in enumerate(graph.arcs):
+            preds[arc.dst].append(k)
+        for j in graph.topological:
+            for k in preds[j]:
+                release[j] = max(release[j], release[graph.arcs[k].src] + p[graph.arcs[k].src] + lag[k])
+        for j in reversed(graph.topological):
+            for k in preds[j]:
+                i = graph.arcs[k].src
+                tail[i] = max(tail[i], lag[k] + p[j] + tail[j])
+        return cls(p, lag, release, tail)
+
+    def left_shift(self, graph: TaskGraph, order: Mapping[tuple[str, str], Sequence[int]]) -> list[int]:
+        """Integer start times of ``order`` (as :meth:`TaskGraph.left_shift`, in ticks)."""
+        n = len(self.p)
+        start, previous, following = [0] * n, [-1] * n, [-1] * n
+        for members in order.values():
+            for x, y in zip(members, members[1:]):
+                previous[y], following[x] = x, y
+        lags = {(arc.src, arc.dst): self.lag[k] for k, arc in enumerate(graph.arcs)}
+        indegree = [len(graph.preds[j]) + (previous[j] >= 0) for j in range(n)]
+        ready = [j for j in range(n) if indegree[j] == 0]
+        while ready:
+            i = ready.pop()
+            end = start[i] + self.p[i]
+            nexts = [(arc.dst, end + lags[i, arc.dst]) for arc in graph.succs[i]]
+            if following[i] >= 0:
+                nexts.append((following[i], end))
+            for j, at in nexts:
+                start[j] = max(start[j], at)
+                indegree[j] -= 1
+                if indegree[j] == 0:
+                    ready.append(j)
+        return start
 
 
 def _interchangeable_chains(graph: TaskGraph) -> list[list[int]]:
@@ -72,39 +126,40 @@ def solve_order(
     *,
     seconds: float,
     hint: Mapping[tuple[str, str], Sequence[int]] | None = None,
-    upper: float = math.inf,
     seed: int = 0,
     workers: int = 8,
 ) -> CpSatResult | None:
-    """The best order CP-SAT finds in about ``seconds`` (None when it finds none)."""
+    """The best order CP-SAT finds in about ``seconds`` (None when it finds none); with a
+    ``hint``, never worse than it in ticks."""
     from ortools.sat.python import cp_model
 
-    # -- data ------------------------------------------------------------------------------------
+    # -- data: ticks rounded up; the hint re-timed in ticks is feasible, so it bounds the horizon
     n = len(graph.tasks)
-    p = [_ticks(x) for x in graph.duration]
-    tail = [_ticks(x) for x in graph.tail]
-    horizon = _ticks(upper) if math.isfinite(upper) else sum(p) + sum(_ticks(a.lag) for a in graph.arcs)
+    ticks = _TickData.of(graph)
+    p, tail, release = ticks.p, ticks.tail, ticks.release
+    starts = ticks.left_shift(graph, hint) if hint is not None else None
+    horizon = max(s + p[t] for t, s in enumerate(starts)) if starts else sum(p) + sum(ticks.lag)
+    position = {t: pos for members in (hint or {}).values() for pos, t in enumerate(members)}
     model = cp_model.CpModel()
     # -- variables ---------------------------------------------------------------------------------
-    start = [model.NewIntVar(_ticks(graph.release[t]), max(horizon - p[t] - tail[t], _ticks(graph.release[t])), f"S{t}")
-             for t in range(n)]
+    start = [model.NewIntVar(release[t], max(horizon - p[t] - tail[t], release[t]), f"S{t}") for t in range(n)]
     interval = [model.NewFixedSizeIntervalVar(start[t], p[t], f"I{t}") for t in range(n)]
     makespan = model.NewIntVar(0, horizon, "C")
     # -- constraints -------------------------------------------------------------------------------
-    for arc in graph.arcs:  # precedence, lags rounded up
-        model.Add(start[arc.dst] >= start[arc.src] + p[arc.src] + math.ceil(arc.lag * TICKS_PER_SECOND - 1e-9))
+    for k, arc in enumerate(graph.arcs):  # precedence
+        model.Add(start[arc.dst] >= start[arc.src] + p[arc.src] + ticks.lag[k])
     for members in graph.streams.values():  # one task at a time per stream
         model.AddNoOverlap([interval[t] for t in members])
-    for chain in _interchangeable_chains(graph):
+    for chain in _interchangeable_chains(graph):  # where the hint agrees
         for a, b in zip(chain, chain[1:]):
-            model.Add(start[b] >= start[a] + p[a])
+            if not position or position[a] < position[b]:
+                model.Add(start[b] >= start[a] + p[a])
     lengths = _memory(model, graph, limits, start, p, horizon)
     for t in range(n):  # completion with the tail cut
         model.Add(makespan >= start[t] + p[t] + tail[t])
     # -- objective ---------------------------------------------------------------------------------
     model.Minimize(makespan)
-    if hint is not None:
-        starts = [_ticks(x) for x in graph.left_shift(hint)]
+    if starts is not None:
         for t in range(n):
             model.AddHint(start[t], starts[t])
         for (first, last), length in lengths.items():

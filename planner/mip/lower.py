@@ -220,7 +220,7 @@ def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: 
     given = time.monotonic()
     # Many threads on few cores overrun a short limit by a second or more: few for short calls.
     workers = settings.cpsat_workers if seconds >= 4.0 else min(settings.cpsat_workers, 2)
-    found = solve_order(graph, d.limits, seconds=seconds, hint=d.warm.order, upper=d.warm.span, seed=settings.seed,
+    found = solve_order(graph, d.limits, seconds=CPSAT_SHARE_OF_BUDGET * seconds, hint=d.warm.order, seed=settings.seed,
                         workers=workers)
     logger.debug("CP-SAT: %s in %.2f s (time limit %.2f s)", found and found.status, time.monotonic() - given, seconds)
     if found is None:
@@ -505,6 +505,12 @@ SECONDS_PER_PAIR = 2e-5
 SECONDS_PER_ROW = 1e-5
 #: Above this many tasks CP-SAT is not tried (its model is built in Python, task by task).
 CPSAT_MAX_TASKS = 20_000
+#: What the full MIP's root LP ran past HiGHS's limit per constraint row, at least
+#: (llama7b, ~10^5 rows: 1.5 s on a loaded 2-core machine).
+OVERRUN_PER_ROW = 5e-6
+#: CP-SAT's own limit as a share of its budget: model building and its threads stopping
+#: took up to a fifth more on a loaded 2-core machine.
+CPSAT_SHARE_OF_BUDGET = 0.8
 #: Solver calls shorter than this are not worth starting.
 MIN_SOLVE_SECONDS = 0.2
 #: The full MIP's root LP runs past HiGHS's limit about twice as long as a neighbourhood's
@@ -530,12 +536,12 @@ class _Clock:
     def left(self) -> float:
         return self.end - time.monotonic()
 
-    def budget(self, wanted: float, until: float | None = None, risk: float = 1.0) -> float:
+    def budget(self, wanted: float, until: float | None = None, risk: float = 1.0, overrun: float = 0.0) -> float:
         """HiGHS's time limit for a call wanting ``wanted`` s that must end by ``until``
-        (default: the end), ``risk`` times the worst overrun seen set aside; 0 when there is
-        no time for a call."""
+        (default: the end), ``risk`` times the worst overrun seen (at least ``overrun``) set
+        aside; 0 when there is no time for a call."""
         end = min(self.end, until if until is not None else self.end)
-        room = end - time.monotonic() - self.overhead - risk * self.overrun
+        room = end - time.monotonic() - self.overhead - risk * max(self.overrun, overrun)
         return min(wanted, room) if room >= MIN_SOLVE_SECONDS else 0.0
 
     def run(self, model: _Model, limit: float, settings: ScheduleSettings, **options) -> HighsResult:
@@ -652,7 +658,7 @@ def _solve(graph: TaskGraph, model: _Model, d: _Data, settings: ScheduleSettings
     upper = search.best.span if search is not None else d.upper
     if upper <= d.lower + 1e-9 and d.warm is not None and settings.objective == "makespan":
         return outcome(model.problem), search  # the incumbent meets the bound: nothing to prove
-    remaining = clock.budget(math.inf, risk=FULL_MODEL_RISK)
+    remaining = clock.budget(math.inf, risk=FULL_MODEL_RISK, overrun=model.rows * OVERRUN_PER_ROW)
     if not seeded or (remaining <= 0 and d.warm is not None):
         # Out of time: the incumbent stands. The last call solved a restricted problem, so
         # neither its values nor its bound speak for the whole one.
