@@ -17,6 +17,7 @@ from opplan.commands.plan import plan_command
 from opplan.commands.plot import plot
 from opplan.commands.profile import profile_command
 from opplan.commands.schedules import compare_command, schedule_command
+from opplan.commands.serve import serve
 from opplan.commands.simulate import simulate, validate
 from opplan.commands.sweep import sweep
 from simulator.errors import OpplanError, ScheduleRejected
@@ -31,7 +32,7 @@ def cli() -> None:
     """Plan and simulate how a model is spread over a GPU cluster."""
 
 
-for _command in (simulate, validate, schedule_command, compare_command, describe, plan_command, sweep, plot, profile_command):
+for _command in (simulate, validate, schedule_command, compare_command, describe, plan_command, sweep, plot, profile_command, serve):
     cli.add_command(_command)
 
 

@@ -10,6 +10,10 @@ deadlock each other) for ``latency + bytes / bandwidth``. Memory is a plain floa
 device (bytes in use), not a SimPy ``Container``: nothing ever waits for memory, an
 allocation that goes over the capacity is recorded as a violation instead of blocking.
 
+Collective entries (all-reduce, all-to-all, ...) are replayed by
+:mod:`simulator.collective_replay`: a member's stream waits in the collective until
+every member is there and its steps' transfers, holding real links, have run.
+
 When the event queue runs dry with entries still waiting, the schedule deadlocks: the
 streams' wait-for relation is followed to name the cycle.
 """
@@ -27,9 +31,10 @@ import simpy
 from simpy.core import URGENT
 
 from simulator.cluster import Route
+from simulator.collective_replay import CollectiveRecord, CollectiveReplay, CollectiveTransfer, collective_key
 from simulator.errors import ScheduleRejected
 from simulator.problem import Problem, Task
-from simulator.schedule import Entry, Schedule
+from simulator.schedule import CollectiveCall, Entry, Schedule
 from simulator.validation import static_violations
 from simulator.violations import Violation
 
@@ -73,6 +78,9 @@ class Timeline:
     violations: tuple[Violation, ...]
     makespan: float
     completed: bool
+    #: Every collective as it ran, and the point-to-point transfers of its steps.
+    collectives: tuple[CollectiveRecord, ...] = ()
+    collective_transfers: tuple[CollectiveTransfer, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -252,6 +260,57 @@ class _Replay:
             self._allocate(device, amount)
         self.states: list[_StreamState] = []
         self.owner: dict[tuple, _StreamState] = {}
+        self.coll: CollectiveReplay | None = None
+        self.watched: dict = {}
+        self.gates: dict = {}
+        #: ``(collective name, device) -> the stream state that runs it``, for deadlock reports.
+        self.coll_member: dict[tuple[str, str], _StreamState] = {}
+
+    def _streams(self) -> tuple[list[tuple[str, str, list[Entry]]], dict[str, CollectiveCall]]:
+        """``(device, stream, entries)`` per stream in a fixed order, and the collective calls."""
+        stream_of_op = {name: op.stream for name, op in self.problem.graph.by_name.items()}
+        calls: dict[str, CollectiveCall] = {}
+        out = []
+        for device, entries in self.schedule.devices.items():
+            by_stream: dict[str, list[Entry]] = {}
+            for entry in entries:
+                call = entry.collective
+                if call is None:
+                    by_stream.setdefault(stream_of_op[entry.tasks[0].op], []).append(entry)
+                else:
+                    calls.setdefault(call.name, call)
+                    by_stream.setdefault(call.stream, []).append(entry)
+            out += [(device, stream, stream_entries) for stream, stream_entries in sorted(by_stream.items())]
+        return out, calls
+
+    def _init_collectives(self, calls: dict[str, CollectiveCall]) -> None:
+        """The schedule's collective calls: ``watched`` tasks wake a collective when they
+        finish, ``gates`` hold tasks until a collective has ended (both stay empty, and so
+        free in the stream loop, for schedules without collectives)."""
+        self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive)
+        self.watched, self.gates = self.coll.watch, self.coll.gates
+
+    def _collective(self, state: _StreamState, entry: Entry, held: list):
+        """This device's part in a collective: arrive, wait for it to end, record it; then
+        the sends an earlier slot ``held`` for the end of its next slot leave."""
+        call = entry.collective
+        run = self.coll.member_arrives(call.name, state.device)  # type: ignore[union-attr]
+        state.waiting_on = collective_key(call.name)
+        yield run.done
+        state.waiting_on = None
+        self.executed.append(Executed(state.device, state.stream, entry, run.start, run.end))
+        self._send(entry, held, state.device)
+
+    def _tasks_done(self, tasks: tuple[Task, ...]) -> None:
+        """Wake the collectives that wait for any of ``tasks`` (their ``after``)."""
+        for task in tasks:
+            if task in self.watched:
+                self.coll.task_done(task)  # type: ignore[union-attr]
+
+    def _gated(self, entry: Entry, inputs) -> list:
+        """``inputs`` plus the collectives that ``entry``'s tasks are declared ``before``."""
+        extra = [key for task in entry.tasks for key in self.gates.get(task, ())]
+        return [*inputs, *extra] if extra else inputs
 
     # -- memory ----------------------------------------------------------------------------
     def _allocate(self, device: str, amount: float) -> None:
@@ -371,9 +430,13 @@ class _Replay:
         executed = self.executed
         allocate, free, deliver = self._allocate, self._free, self._deliver
         held: list = []  # outputs of a slot that sends only after the next one
+        gates, watched = self.gates, self.watched
         for index, entry in enumerate(state.entries):
             state.position = index
             tasks = entry.tasks
+            if entry.collective is not None:
+                yield from self._collective(state, entry, held)
+                continue
             if len(tasks) == 1:
                 op, mb, kind = tasks[0]
                 template = preds[op, kind]
@@ -382,6 +445,8 @@ class _Replay:
                 inputs = self._inputs(entry)
             if entry.prefetch:
                 inputs = [*inputs, *self._prefetched(entry, device)]
+            if gates:
+                inputs = self._gated(entry, inputs)
             for key in inputs:
                 if key not in arrival:
                     event = waiting.get(key)
@@ -408,6 +473,8 @@ class _Replay:
                 free(device, freed)
             executed.append(Executed(device, stream, entry, start, env.now))
             self._send(entry, held, device)
+            if watched:
+                self._tasks_done(tasks)
         for task in held:
             deliver(task, device, "remote")
         state.position = len(state.entries)
@@ -442,17 +509,17 @@ class _Replay:
             return self._run()
 
     def _run(self) -> Timeline:
-        stream_of_op = {name: op.stream for name, op in self.problem.graph.by_name.items()}
         owner = self.owner
-        for device, entries in self.schedule.devices.items():
-            by_stream: dict[str, list[Entry]] = {}
-            for entry in entries:
-                by_stream.setdefault(stream_of_op[entry.tasks[0].op], []).append(entry)
-            for stream, stream_entries in sorted(by_stream.items()):
-                state = _StreamState(device, stream, stream_entries)
-                self.states.append(state)
-                owner.update((task, state) for entry in stream_entries for task in entry.tasks)
-                self.env.process(self._stream(state))
+        streams, calls = self._streams()
+        if calls:
+            self._init_collectives(calls)
+        for device, stream, stream_entries in streams:
+            state = _StreamState(device, stream, stream_entries)
+            self.states.append(state)
+            owner.update((task, state) for entry in stream_entries for task in entry.tasks)
+            if calls:
+                self.coll_member.update(((e.collective.name, device), state) for e in stream_entries if e.collective)
+            self.env.process(self._stream(state))
         self.env.run()
         completed = all(state.done for state in self.states)
         if not completed:
@@ -463,6 +530,7 @@ class _Replay:
                        f" {(level - cap) / 1e9:.4g} GB over its {cap / 1e9:.4g} GB")
             self.violations.append(Violation("memory", message, device=device, time=when, amount=level - cap))
         ends = [e.end for e in self.executed] + [t.end for t in self.transfers]
+        coll = self.coll
         return Timeline(
             problem=self.problem,
             schedule=self.schedule,
@@ -473,39 +541,63 @@ class _Replay:
             violations=tuple(self.violations),
             makespan=max(ends, default=0.0),
             completed=completed,
+            collectives=tuple(coll.records) if coll else (),
+            collective_transfers=tuple(coll.transfers) if coll else (),
         )
 
     def _deadlock(self) -> Violation:
         """Follow 'stream A waits for a task that stream B has not run' to a cycle."""
         stuck = [s for s in self.states if not s.done]
-
-        def blocker(state: _StreamState) -> _StreamState | None:
-            if state.waiting_on is None:
-                return None
-            pred_op, pred_kind, mb = state.waiting_on[:3]
-            return self.owner.get((pred_op, mb, pred_kind))
-
         for first in stuck:
             seen: list[_StreamState] = []
             state: _StreamState | None = first
             while state is not None and state not in seen:
                 seen.append(state)
-                state = blocker(state)
+                state = self._blocker(state)
             if state is None:
                 continue
             cycle = seen[seen.index(state):]
-            waits = cycle[0].waiting_on
-            assert waits is not None
-            parts = []
-            for s in cycle:
-                pred_op, pred_kind, mb, cons_op, cons_kind = s.waiting_on  # type: ignore[misc]
-                owner = self.owner[(pred_op, mb, pred_kind)]
-                parts.append(
-                    f"{s.device} waits at {Task(cons_op, mb, cons_kind)} for {Task(pred_op, mb, pred_kind)}"
-                    f" (on {owner.device}, not yet run)"
-                )
-            message = "deadlock: " + "; ".join(parts)
-            return Violation("deadlock", message, device=cycle[0].device, task=Task(waits[3], waits[2], waits[4]))
+            return Violation("deadlock", "deadlock: " + "; ".join(self._waits(s) for s in cycle),
+                             device=cycle[0].device, task=self._waiting_task(cycle[0]))
         heads = ", ".join(f"{s.device}:{s.entries[s.position]}" for s in stuck[:5])
         message = f"deadlock: {len(stuck)} streams never finished (stuck at {heads})"
-        return Violation("deadlock", message, device=stuck[0].device, task=stuck[0].entries[stuck[0].position].tasks[0])
+        return Violation("deadlock", message, device=stuck[0].device, task=self._waiting_task(stuck[0]))
+
+    @staticmethod
+    def _waiting_task(state: _StreamState) -> Task | None:
+        """The task ``state`` is stuck at: the consumer of the input it waits for, else its
+        entry's first task (None in a collective entry, which has no task)."""
+        key = state.waiting_on
+        if key is not None and len(key) == 5:
+            return Task(key[3], key[2], key[4])
+        tasks = state.entries[state.position].tasks if state.position < len(state.entries) else ()
+        return tasks[0] if tasks else None
+
+    def _blocker(self, state: _StreamState) -> _StreamState | None:
+        """The stream ``state`` waits for: the owner of its missing input or, in a
+        collective, a member not there yet or the owner of an ``after`` task not yet run."""
+        key = state.waiting_on
+        if key is None:
+            return None
+        if len(key) == 2:  # a collective
+            members, inputs = self.coll.blockers(key[1])  # type: ignore[union-attr]
+            if members:
+                return self.coll_member.get((key[1], members[0]))
+            return self.owner.get(inputs[0]) if inputs else None
+        pred_op, pred_kind, mb = key[:3]
+        return self.owner.get((pred_op, mb, pred_kind))
+
+    def _waits(self, state: _StreamState) -> str:
+        """One link of a deadlock cycle, in words."""
+        key = state.waiting_on
+        if len(key) == 2:  # type: ignore[arg-type]
+            members, inputs = self.coll.blockers(key[1])  # type: ignore[union-attr,index]
+            why = f"{', '.join(members)} not there yet" if members else f"{inputs[0]} not yet run"
+            entry = state.entries[state.position]
+            if entry.collective is None:
+                return f"{state.device} waits at {entry} for collective {key[1]!r} ({why})"  # type: ignore[index]
+            return f"{state.device} waits in collective {key[1]!r} ({why})"  # type: ignore[index]
+        pred_op, pred_kind, mb, cons_op, cons_kind = key  # type: ignore[misc]
+        owner = self.owner[(pred_op, mb, pred_kind)]
+        return (f"{state.device} waits at {Task(cons_op, mb, cons_kind)} for {Task(pred_op, mb, pred_kind)}"
+                f" (on {owner.device}, not yet run)")

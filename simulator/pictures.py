@@ -45,7 +45,7 @@ def category(item: Executed) -> str:
     'B+W'
     """
     entry = item.entry
-    if item.stream == "comm":
+    if item.stream == "comm" or entry.collective is not None:  # a collective on either stream
         return "comm"
     if entry.overlap:
         return "overlap"

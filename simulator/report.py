@@ -9,7 +9,7 @@ from rich.table import Table
 
 from simulator.metrics import Report
 
-__all__ = ["print_report", "fmt_bytes", "fmt_mfu", "fmt_ms", "fmt_percent"]
+__all__ = ["print_report", "collectives_table", "communication_table", "fmt_bytes", "fmt_mfu", "fmt_ms", "fmt_percent"]
 
 
 def fmt_ms(seconds: float) -> str:
@@ -73,3 +73,37 @@ def print_report(report: Report, console: Console | None = None, *, title: str =
         for link in report.links:
             links.add_row(link.link, str(link.transfers), fmt_bytes(link.bytes), fmt_ms(link.busy))
         console.print(links)
+    if report.collectives:
+        console.print(collectives_table(report))
+    if any(d.comm_time for d in report.devices):
+        console.print(communication_table(report))
+
+
+def communication_table(report: Report) -> Table:
+    """Per device: time spent communicating, and how much of it compute did not hide."""
+    table = Table(title="communication")
+    for header in ("device", "comm ms", "hidden ms", "exposed ms"):
+        table.add_column(header, justify="right")
+    for d in report.devices:
+        table.add_row(d.device, fmt_ms(d.comm_time), fmt_ms(d.comm_hidden), fmt_ms(d.comm_exposed))
+    return table
+
+
+def collectives_table(report: Report) -> Table:
+    """Collectives summed per (op, algorithm, ranks): time against the idle-cluster time
+    (slowdown > 1: contention on shared links) and nccl-tests' bus bandwidth."""
+    rows: dict[tuple[str, str, int], list[float]] = {}
+    for c in report.collectives:
+        row = rows.setdefault((c.op, c.algorithm, c.ranks), [0, 0.0, 0.0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += c.bytes
+        row[2] += c.duration
+        row[3] += c.idle
+        row[4] += c.bus_bandwidth * c.duration  # time-weighted mean below
+    table = Table(title="collectives")
+    for header in ("collective", "algorithm", "ranks", "calls", "bytes", "time ms", "alone ms", "slowdown", "busbw GB/s"):
+        table.add_column(header, justify="right")
+    for (op, algorithm, ranks), (calls, size, took, idle, bus) in sorted(rows.items()):
+        table.add_row(op, algorithm, str(ranks), str(int(calls)), fmt_bytes(size), fmt_ms(took), fmt_ms(idle),
+                      f"{took / idle:.2f}" if idle else "-", f"{bus / took / 1e9:.1f}" if took else "-")
+    return table

@@ -16,18 +16,21 @@ Everything is validated on load; the first problem found is raised as an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from simulator.errors import InputError
-from simulator.layout import Layout
+from simulator.graph import OperatorGraph
+from simulator.layout import Layout, read_layout
 from simulator.measured import check_device_types
-from simulator.memory_model import read_parallel
+from simulator.memory_model import WEIGHT_BYTES, read_parallel
+from simulator.model_shapes import model_shape
 from simulator.models import build_model
 from simulator.problem import Problem, Workload
 from simulator.profiles import build_cluster
+from simulator.serving.workload import SERVING_KEYS, ServingWorkload, read_serving
 from simulator.sizes import check_scenario_size, check_tasks
 from simulator.yamlio import Section, read_section
 
@@ -59,17 +62,25 @@ class Scenario:
     model_config: Mapping[str, Any] = field(default_factory=dict)
     #: The ``parallel:`` layout (dp, tp, pp, ...), validated; not yet read by the replay.
     parallel: Layout | None = None
+    #: ``workload: {mode: inference, requests: ...}``: what ``opplan serve`` replays.
+    serving: ServingWorkload | None = None
+    #: ``objective: {serving: latency | throughput, slo: {...}}`` as written (read by the serving planner).
+    serving_objective: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline", MappingProxyType(dict(self.pipeline)))
         object.__setattr__(self, "model_config", MappingProxyType(dict(self.model_config)))
+        object.__setattr__(self, "serving_objective", MappingProxyType(dict(self.serving_objective)))
 
 
 def _workload(section: Section) -> Workload:
-    section.check_keys({"micro_batches", "mode", "fb_overlap"})
+    serving = "requests" in section
+    section.check_keys({"micro_batches", "mode", "fb_overlap"} | (SERVING_KEYS if serving else set()))
+    if serving and section.raw("mode", "training") != "inference":
+        raise section.error("requests: needs mode: inference", "mode")
     try:
         return Workload(
-            micro_batches=section.integer("micro_batches", minimum=1),
+            micro_batches=section.integer("micro_batches", 1, minimum=1) if serving else section.integer("micro_batches", minimum=1),
             mode=section.str("mode", "training", choices=("training", "inference")),
             fb_overlap=section.number("fb_overlap", 0.0, maximum=1.0),
         )
@@ -77,8 +88,36 @@ def _workload(section: Section) -> Workload:
         raise InputError(exc.message, file=section.file, field=exc.field) from None
 
 
+def weights_only(graph: OperatorGraph) -> OperatorGraph:
+    """Inference holds each operator's weights only (2 bytes per parameter), not the 16 bytes of
+    mixed-precision Adam training; operators that give no parameter count keep their static bytes."""
+    operators = tuple(replace(op, static_bytes=op.params * WEIGHT_BYTES) if op.params else op for op in graph.operators)
+    return OperatorGraph(graph.name, operators, graph.edges)
+
+
+def _serving_objective(section: Section) -> dict[str, Any]:
+    """``serving: latency | throughput`` and ``slo: {ttft_p99_ms, tpot_p99_ms}``, checked here, read by the serving planner."""
+    out: dict[str, Any] = {}
+    if "serving" in section:
+        out["serving"] = section.str("serving", choices=("latency", "throughput"))
+    if "slo" in section:
+        slo = section.section("slo")
+        slo.check_keys({"ttft_p99_ms", "tpot_p99_ms"})
+        out["slo"] = {key: slo.number(key, strictly_positive=True) for key in slo.keys()}
+    return out
+
+
+def _serving_parallel(doc: Section, cluster) -> Layout | None:
+    """A serving scenario's ``parallel:``, checked against the devices and the model; whether the
+    weights (bf16 or fp8) leave room for a KV cache is the serving step model's check."""
+    if "parallel" not in doc:
+        return None
+    model = doc.section("model")
+    return read_layout(doc.section("parallel"), len(cluster.devices), model_shape(str(model.raw("type", "")), model))
+
+
 def _objective(section: Section) -> Objective:
-    section.check_keys({"minimize", "memory_limit_gb", "time_limit_s"})
+    section.check_keys({"minimize", "memory_limit_gb", "time_limit_s", "serving", "slo"})
     limit = section.number("memory_limit_gb", None, minimum=1e-3, maximum=1e6) if "memory_limit_gb" in section else None
     return Objective(
         minimize=section.str("minimize", "makespan", choices=OBJECTIVES),
@@ -138,6 +177,11 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
     workload = _workload(doc.section("workload"))
     if size.operators is None:  # e.g. a graph read from its own file: count what was built
         check_tasks(len(graph.operators), workload.micro_batches, len(workload.kinds), file=str(path), field="model")
+    if workload.mode == "inference":
+        graph = weights_only(graph)
+    serving = None
+    if "requests" in doc.section("workload"):
+        serving = read_serving(doc.section("workload"), len(cluster.devices), base_dir)
     schedule_file = None
     if "schedule" in doc:
         schedule_file = base_dir / doc.str("schedule")
@@ -152,5 +196,7 @@ def scenario_from_section(doc: Section, path: Path) -> Scenario:
         schedule_file=schedule_file,
         pipeline=pipeline.data,
         model_config=doc.section("model").data,
-        parallel=read_parallel(doc, cluster, workload.mode == "training"),
+        parallel=_serving_parallel(doc, cluster) if serving is not None else read_parallel(doc, cluster, workload.mode == "training"),
+        serving=serving,
+        serving_objective=_serving_objective(doc.section("objective", {})),
     )

@@ -24,7 +24,7 @@ def trace_events(timeline: Timeline) -> dict:
         for stream, tid in _STREAM_TID.items():
             events.append({"ph": "M", "name": "thread_name", "pid": index, "tid": tid, "args": {"name": stream}})
     for item in timeline.executed:
-        kinds = "".join(t.kind for t in item.entry.tasks)
+        kinds = "".join(t.kind for t in item.entry.tasks) or "collective"
         events.append(
             {
                 "ph": "X",
@@ -37,10 +37,24 @@ def trace_events(timeline: Timeline) -> dict:
                 "args": {"tasks": [str(t) for t in item.entry.tasks]},
             }
         )
+    events += _link_events(timeline, link_pid)
+    for device, samples in timeline.memory.items():
+        for when, level in samples:
+            events.append(
+                {"ph": "C", "name": "memory", "pid": pid[device], "ts": when * 1e6, "args": {"GB": level / 1e9}}
+            )
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _link_events(timeline: Timeline, link_pid: int) -> list[dict]:
+    """One lane per link: every tensor transfer and every collective step's transfer on it."""
+    moves = [(f"{t.pred}->{t.consumer}", t) for t in timeline.transfers]
+    moves += [(f"{t.collective}[{t.step}] {t.src}->{t.dst}", t) for t in timeline.collective_transfers]
+    events: list[dict] = []
     link_tid: dict[str, int] = {}
-    if timeline.transfers:
+    if moves:
         events.append({"ph": "M", "name": "process_name", "pid": link_pid, "args": {"name": "links"}})
-    for transfer in timeline.transfers:
+    for name, transfer in moves:
         for link in transfer.links:
             if link not in link_tid:
                 link_tid[link] = len(link_tid)
@@ -50,7 +64,7 @@ def trace_events(timeline: Timeline) -> dict:
             events.append(
                 {
                     "ph": "X",
-                    "name": f"{transfer.pred}->{transfer.consumer}",
+                    "name": name,
                     "cat": "comm",
                     "pid": link_pid,
                     "tid": link_tid[link],
@@ -59,10 +73,5 @@ def trace_events(timeline: Timeline) -> dict:
                     "args": {"bytes": transfer.bytes, "src": transfer.src, "dst": transfer.dst},
                 }
             )
-    for device, samples in timeline.memory.items():
-        for when, level in samples:
-            events.append(
-                {"ph": "C", "name": "memory", "pid": pid[device], "ts": when * 1e6, "args": {"GB": level / 1e9}}
-            )
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
+    return events
 

@@ -9,6 +9,7 @@ memory over capacity are found by the replay (:mod:`simulator.engine`).
 
 from __future__ import annotations
 
+from simulator.collective_validation import collective_violations
 from simulator.problem import Problem, Task
 from simulator.schedule import Entry, Schedule
 from simulator.violations import Violation
@@ -27,6 +28,8 @@ class _Found:
 
     def __init__(self) -> None:
         self.by_kind: dict[str, list[Violation]] = {}
+        #: Whether any entry is a collective call (checked by :func:`collective_violations`).
+        self.collectives = False
 
     def add(self, violation: Violation) -> None:
         self.by_kind.setdefault(violation.kind, []).append(violation)
@@ -54,6 +57,9 @@ def static_violations(problem: Problem, schedule: Schedule) -> list[Violation]:
             if task not in position:
                 found.add(Violation("missing", f"task {task} is not scheduled on any device", task=task))
     _check_inputs(problem, position, found)
+    if found.collectives:
+        for kind, message, device in collective_violations(problem, schedule):
+            found.add(Violation(kind, message, device=device))
     return found.listed()
 
 
@@ -79,6 +85,9 @@ def _positions(problem: Problem, schedule: Schedule, found: _Found) -> _Position
                     _report_task(problem, task, device, index, position, found)
                 else:
                     position[task] = (device, stream, index, 0)
+                continue
+            if entry.collective is not None:
+                found.collectives = True
                 continue
             streams = set()
             for slot, task in enumerate(tasks):

@@ -16,9 +16,12 @@ __all__ = ["Violation", "STATIC_KINDS", "RUN_TIME_KINDS"]
 #: Seen without replaying (:func:`simulator.validation.static_violations`): ``device`` not
 #: in the cluster, ``unknown`` task, ``duplicate`` task, ``group`` of tasks that cannot
 #: share a slot, ``missing`` task, ``placement`` of B/W away from their F, ``dependency``
-#: listed before its input on the same stream, and ``omitted``: the count of further
-#: violations of one kind left out of the list.
-STATIC_KINDS = ("device", "unknown", "duplicate", "group", "missing", "placement", "dependency", "omitted")
+#: listed before its input on the same stream, a ``collective`` call that is malformed
+#: (group device not in the cluster, a non-member calling it, ...), and ``omitted``: the
+#: count of further violations of one kind left out of the list. A collective that would
+#: hang (a member never calling it, members calling two in opposite orders) is reported
+#: statically as a ``deadlock``.
+STATIC_KINDS = ("device", "unknown", "duplicate", "group", "missing", "placement", "dependency", "collective", "omitted")
 #: Found by the replay: ``deadlock``, a declared ``start`` that cannot be met, ``memory``
 #: over capacity.
 RUN_TIME_KINDS = ("deadlock", "start", "memory")

@@ -82,6 +82,9 @@ def load_inputs(scenario_path: Path, schedule_path: Path | None, builtin: str | 
 
         return scenario, builtin_schedule(builtin, scenario), None
     path = schedule_path or scenario.schedule_file
+    if path is None and scenario.serving is not None:
+        raise InputError(f"a serving workload (workload.requests) has no schedule to replay: run opplan serve {scenario_path}",
+                         file=str(scenario_path), field="workload.requests")
     if path is None:
         raise InputError("no schedule given: pass --schedule FILE, --builtin NAME (e.g. 1f1b), or set schedule: in the scenario",
                          file=str(scenario_path), field="schedule")

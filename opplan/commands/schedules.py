@@ -19,10 +19,12 @@ from rich.console import Console
 from opplan.commands.common import FiniteFloat, limit_options, scenario_argument, wrote
 from opplan.output import check_outputs, write_output
 from opplan.planning import planned_schedule, verbose_option
+from planner.layouts.compare import layout_rows, render_layout_rows, rows_to_dicts
 from planner.memory import memory_like
 from planner.schedules import available, generate
 from planner.schedules.compare import comparison_rows, render_comparison
 from simulator.errors import InputError, ScheduleRejected
+from simulator.model_shapes import SHAPES
 from simulator.scenario import load_scenario
 from simulator.schedule import load_schedule, schedule_text
 from simulator.validation import static_violations
@@ -79,7 +81,10 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
                     verbose: bool) -> None:
     """Replay every built-in schedule that applies to SCENARIO (and the --with files); print one table.
 
-    A schedule whose replay has violations is marked invalid and is never the "x best" reference."""
+    A schedule whose replay has violations is marked invalid and is never the "x best" reference.
+    For transformer, moe and two_tower models (without --with / --plan) each row is a layout
+    (the scenario's, the presets, the built-in schedules on cost-balanced stages) replayed
+    for one training step."""
     began = time.monotonic()
     for given, flag in ((plan_memory_like, "--plan-memory-like"), (time_limit, "--time-limit"), (verbose or None, "--verbose")):
         if given is not None and not with_plan:
@@ -87,6 +92,9 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
     files = _parse_with(extra)
     check_outputs({"--json": json_path}, inputs=[scenario, *files.values()])
     loaded = load_scenario(scenario)
+    if str(loaded.model_config.get("type", "")) in SHAPES and not (extra or with_plan):
+        _compare_layouts(loaded, scenario, json_path)
+        return
     schedules = {label: load_schedule(path) for label, path in files.items()}
     for label, path in files.items():
         violations = static_violations(loaded.problem, schedules[label])
@@ -108,3 +116,14 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
     if json_path is not None:
         text = json.dumps([row.to_dict() for row in rows], indent=1) + "\n"
         wrote(write_output(json_path, text, inputs=[scenario, *files.values()], option="--json"))
+
+
+def _compare_layouts(loaded, scenario: Path, json_path: Path | None) -> None:
+    """Models with layers: the scenario's layout, the practitioner presets and the built-in
+    pipeline schedules, each replayed as a layout for one training step (planner.layouts)."""
+    rows, unavailable = layout_rows(loaded)
+    p = loaded.problem
+    render_layout_rows(rows, unavailable, title=f"{loaded.name}: one training step per layout, {len(p.cluster.devices)} devices")
+    if json_path is not None:
+        text = json.dumps(rows_to_dicts(rows), indent=1) + "\n"
+        wrote(write_output(json_path, text, inputs=[scenario], option="--json"))

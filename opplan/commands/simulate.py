@@ -12,6 +12,7 @@ from simulator.engine import replay
 from simulator.errors import ScheduleRejected
 from simulator.metrics import build_report
 from simulator.report import print_report
+from simulator.scenario import load_scenario
 
 _schedule_option = click.option(
     "--schedule", "schedule_path", type=click.Path(dir_okay=False, path_type=Path), help="schedule file (JSON or YAML)"
@@ -35,8 +36,15 @@ def _replay_naming(scenario, schedule, used: Path | None):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON ('-': stdout)")
 @limit_options
 def simulate(scenario: Path, schedule_path: Path | None, builtin: str | None, trace_path: Path | None, json_path: Path | None) -> None:
-    """Replay a schedule (a file, or --builtin NAME) on the scenario's cluster and print the report."""
+    """Replay a schedule (a file, or --builtin NAME) on the scenario's cluster and print the report.
+
+    A scenario with a ``parallel:`` layout and no schedule replays that layout's training step."""
     check_outputs({"--json": json_path, "--trace": trace_path}, inputs=[scenario, schedule_path])
+    if schedule_path is None and builtin is None:
+        loaded = load_scenario(scenario)
+        if loaded.schedule_file is None and loaded.parallel is not None and loaded.serving is None:
+            _simulate_layout(loaded, scenario, json_path=json_path, trace_path=trace_path)
+            return
     problem_scenario, schedule, used = load_inputs(scenario, schedule_path, builtin)
     inputs = [scenario, used]
     check_outputs({"--json": json_path, "--trace": trace_path}, inputs=inputs)
@@ -46,6 +54,21 @@ def simulate(scenario: Path, schedule_path: Path | None, builtin: str | None, tr
     write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=inputs)
     if timeline.violations:
         raise ScheduleRejected(list(timeline.violations), file=str(used or scenario))
+
+
+def _simulate_layout(loaded, scenario: Path, *, json_path: Path | None, trace_path: Path | None) -> None:
+    """Replay the scenario's ``parallel:`` layout for one training step (what ``compare`` lists as ``scenario``)."""
+    from planner.layouts.build import build_layout_run
+    from planner.layouts.compare import render_layout_rows
+    from planner.layouts.step import describe_layout, step_result
+
+    run = build_layout_run(loaded, loaded.parallel, "scenario")
+    timeline = replay(run.problem, run.schedule)
+    print_report(build_report(timeline), title=f"{loaded.name}: layout {describe_layout(loaded.parallel)} (replayed ranks)")
+    render_layout_rows([step_result(run, timeline, "scenario")], title=f"{loaded.name}: one training step")
+    write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario])
+    if timeline.violations:
+        raise ScheduleRejected(list(timeline.violations), file=str(scenario))
 
 
 @click.command()
@@ -60,7 +83,9 @@ def validate(scenario: Path, schedule_path: Path | None, builtin: str | None) ->
     if timeline.violations:
         raise ScheduleRejected(list(timeline.violations), file=str(used or scenario))
     report = build_report(timeline)
+    calls = len(schedule.collectives)
     click.echo(
-        f"{used or builtin}: valid: {len(schedule)} tasks on {len(schedule.devices)} devices,"
+        f"{used or builtin}: valid: {len(schedule)} tasks{f' and {calls} collective' + 's' * (calls > 1) if calls else ''}"
+        f" on {len(schedule.devices)} devices,"
         f" makespan {report.makespan * 1e3:.6g} ms, peak memory {report.peak_memory / 1e9:.4g} GB"
     )

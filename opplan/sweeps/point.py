@@ -35,7 +35,8 @@ from simulator.metrics import Report, build_report
 from simulator.scenario import Scenario, scenario_from_dict
 from simulator.schedule import Schedule, load_schedule
 
-__all__ = ["METRICS", "NotApplicable", "PointJob", "builtin_schedule", "job_for", "metrics_of", "resolve_schedule", "run_point"]
+__all__ = ["METRICS", "SERVING_METRICS", "serving_metrics", "NotApplicable", "PointJob", "builtin_schedule", "job_for", "metrics_of",
+           "resolve_schedule", "run_point"]
 
 #: Metric columns of a row, in table order (units in the names).
 METRICS = (
@@ -52,6 +53,9 @@ METRICS = (
     "tasks",
     "violations",
 )
+#: Metric columns of a serving point (``workload.requests``): latency percentiles, throughput, KV cache.
+SERVING_METRICS = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "output_tokens_per_s",
+                   "total_tokens_per_s", "completed", "rejected", "queued_for_memory", "kv_peak", "kv_mean")
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def serving_metrics(scenario: Scenario) -> dict[str, float]:
+    """A serving scenario's row: its requests replayed on its ``parallel:`` tp x pp (no schedule)."""
+    from simulator.serving.run import default_layout, serving_setup, simulate_serving
+    from simulator.yamlio import Section
+
+    setup = serving_setup(Section(dict(scenario.model_config), scenario.file, "model"), scenario.problem.cluster, scenario.serving)
+    tp, pp = default_layout(scenario.parallel, scenario.problem.cluster)
+    return simulate_serving(setup, tp=tp, pp=pp).metrics()
+
+
 def run_point(job: PointJob) -> dict[str, Any]:
     """Run one point and return its row (never raises for a problem of the point itself)."""
     started = time.perf_counter()
@@ -166,6 +180,9 @@ def _run(job: PointJob, row: dict[str, Any]) -> None:
     """Overrides -> scenario -> schedule -> replay, filling ``row``; raises for a failed point."""
     doc = apply_overrides(dict(job.base_doc), [(path, value) for path, value in job.fields if path != "schedule"])
     scenario = scenario_from_dict(doc, job.base_file)
+    if scenario.serving is not None:
+        row.update(serving_metrics(scenario), status="ok", schedule_name="serving")
+        return
     schedule = resolve_schedule(job.schedule, scenario, folder=Path(job.folder), time_limit_s=job.planner_time_limit_s)
     row["schedule_name"] = schedule.name
     timeline = replay(scenario.problem, schedule)

@@ -20,7 +20,7 @@ import pandas as pd
 from rich.table import Table
 
 from opplan.output import write_output
-from opplan.sweeps.point import METRICS
+from opplan.sweeps.point import METRICS, SERVING_METRICS
 from opplan.sweeps.spec import SweepSpec
 from simulator.errors import InputError
 from simulator.reading import read_input_bytes
@@ -28,7 +28,7 @@ from simulator.reading import read_input_bytes
 __all__ = ["TABLE_COLUMNS", "results_table", "write_tables", "read_table", "summary_table"]
 
 #: Columns after the point's fields.
-TABLE_COLUMNS = ("schedule_name", "status", "error", *METRICS, "elapsed_s", "key")
+TABLE_COLUMNS = ("schedule_name", "status", "error", *METRICS, *SERVING_METRICS, "elapsed_s", "key")
 _TAIL = TABLE_COLUMNS
 
 
@@ -93,7 +93,9 @@ def summary_table(table: pd.DataFrame, fields: tuple[str, ...], *, title: str = 
     out = Table(title=title, caption=f"{len(table) - limit} more rows in the results table" if len(table) > limit else None)
     for column in fields:
         out.add_column(column, no_wrap=True, min_width=len(column))
-    for header in ("status", "makespan ms", "bubble %", "util %", "peak GB"):
+    serving = "output_tokens_per_s" in table and table["output_tokens_per_s"].notna().any()
+    headline = _SERVING_HEADLINE if serving else _HEADLINE
+    for header in ("status", *(h for h, _, _, _ in headline)):
         status = header == "status"
         out.add_column(header, justify="left" if status else "right", no_wrap=True, min_width=14 if status else len(header))
     out.add_column("note", no_wrap=True, overflow="ellipsis")
@@ -102,10 +104,14 @@ def summary_table(table: pd.DataFrame, fields: tuple[str, ...], *, title: str = 
         out.add_row(
             *(str(record[column]) for column in fields),
             str(record["status"]),
-            _fmt(record.get("makespan_ms")),
-            _fmt(record.get("bubble_ratio"), 100, ".1f"),
-            _fmt(record.get("utilization"), 100, ".1f"),
-            _fmt(record.get("peak_memory_gb")),
+            *(_fmt(record.get(column), scale, digits) for _, column, scale, digits in headline),
             note if len(note) <= 50 else note[:49] + "…",
         )
     return out
+
+
+#: (header, column, scale, format) of the summary's metric columns: replay points, serving points.
+_HEADLINE = (("makespan ms", "makespan_ms", 1, ".4g"), ("bubble %", "bubble_ratio", 100, ".1f"), ("util %", "utilization", 100, ".1f"),
+             ("peak GB", "peak_memory_gb", 1, ".4g"))
+_SERVING_HEADLINE = (("TTFT p99 ms", "ttft_p99_ms", 1, ".4g"), ("TPOT p99 ms", "tpot_p99_ms", 1, ".4g"),
+                     ("out tok/s", "output_tokens_per_s", 1, ".5g"), ("KV peak %", "kv_peak", 100, ".1f"))
