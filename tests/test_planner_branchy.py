@@ -13,7 +13,7 @@ import pytest
 
 from planner.bilevel import plan
 from planner.heuristics import best_list_schedule
-from planner.mip.lower import solve_schedule
+from planner.mip.lower import ScheduleSettings, solve_schedule
 from planner.placements import by_operator, contiguous_partitions
 from planner.taskgraph import TaskGraph
 from simulator.cluster import Cluster, Device, Link
@@ -45,7 +45,7 @@ def test_planner_beats_the_best_chain_partition_on_an_moe_layer():
     scenario = moe_layer()
     problem = scenario.problem
     chain = TaskGraph(problem, by_operator(problem, contiguous_partitions(problem, 4)))
-    baseline = solve_schedule(chain, warm_order=best_list_schedule(chain).order, time_limit=30)
+    baseline = solve_schedule(chain, ScheduleSettings(time_limit=30), warm_order=best_list_schedule(chain).order)
     assert baseline.gap == pytest.approx(0.0, abs=1e-6), "the baseline's order is proven optimal for its placement"
 
     result = plan(scenario, time_limit=15)

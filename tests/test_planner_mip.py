@@ -11,7 +11,7 @@ import pytest
 
 from planner.bilevel import plan
 from planner.heuristics import best_list_schedule
-from planner.mip.lower import _peaks, solve_schedule
+from planner.mip.lower import ScheduleSettings, _peaks, solve_schedule
 from planner.placements import by_operator
 from planner.schedules.examples import example_scenario
 from planner.taskgraph import TaskGraph
@@ -79,7 +79,7 @@ def _split_placement(problem: Problem, seed: int) -> dict:
 def test_mip_proves_the_brute_force_optimum(seed):
     problem = _random_problem(seed, ops=4, micro_batches=2)
     graph = TaskGraph(problem, _split_placement(problem, seed))
-    result = solve_schedule(graph, time_limit=30)
+    result = solve_schedule(graph, ScheduleSettings(time_limit=30))
     assert result.status == "optimal"
     assert result.makespan == pytest.approx(_brute_force(graph))
     assert result.gap == pytest.approx(0.0, abs=1e-6)
@@ -95,7 +95,7 @@ def test_mip_respects_memory_and_matches_brute_force_under_a_limit(seed):
     limits = {d: max(greedy_peak[d] - 1.0, max(a for a, _ in graph.memory_delta())) for d in graph.devices}
     optimum = _brute_force(graph, limits)
     assert math.isfinite(optimum) and optimum >= unlimited
-    result = solve_schedule(graph, memory_limit=limits, time_limit=30)
+    result = solve_schedule(graph, ScheduleSettings(time_limit=30), memory_limit=limits)
     assert result.makespan == pytest.approx(optimum)
     assert all(result.peak_memory[d] <= limits[d] + 1e-9 for d in graph.devices)
 
@@ -104,7 +104,7 @@ def test_mip_timing_equals_the_simulators_replay_on_finite_links():
     problem = _random_problem(7, ops=6, micro_batches=3, mode="training")
     graph = TaskGraph(problem, _split_placement(problem, 7))
     warm = best_list_schedule(graph)
-    result = solve_schedule(graph, warm_order=warm.order, time_limit=20)
+    result = solve_schedule(graph, ScheduleSettings(time_limit=20), warm_order=warm.order)
     schedule = graph.to_schedule(result.order, name="mip", meta={})
     timeline = replay(problem, schedule)
     assert timeline.ok
@@ -118,7 +118,7 @@ def test_warm_start_is_kept_when_the_time_limit_is_tiny():
     scenario = example_scenario(stages=4, micro_batches=8, w_retained_gb=0.5)
     graph = TaskGraph(scenario.problem, by_operator(scenario.problem, {f"s{i}": f"gpu{i}" for i in range(4)}))
     warm = best_list_schedule(graph)
-    result = solve_schedule(graph, warm_order=warm.order, time_limit=1)
+    result = solve_schedule(graph, ScheduleSettings(time_limit=1), warm_order=warm.order)
     assert result.makespan <= warm.makespan + 1e-9
     assert result.lower_bound <= result.makespan + 1e-9
     assert 0.0 <= result.gap < 1.0
@@ -158,7 +158,7 @@ def test_static_memory_over_the_limit_is_reported_per_device():
     scenario = example_scenario(stages=2, micro_batches=2, static_gb=3)
     graph = TaskGraph(scenario.problem, by_operator(scenario.problem, {"s0": "gpu0", "s1": "gpu0"}))
     with pytest.raises(InfeasibleError, match=r"gpu0: static memory 6 GB .* by 1 GB"):
-        solve_schedule(graph, memory_limit={"gpu0": 5e9}, time_limit=5)
+        solve_schedule(graph, ScheduleSettings(time_limit=5), memory_limit={"gpu0": 5e9})
 
 
 def test_the_cli_offers_exactly_the_formulations_the_mip_has():
@@ -173,6 +173,22 @@ def test_memory_objective_never_raises_the_peak():
     scenario = example_scenario(stages=3, micro_batches=4, w_retained_gb=0.5, static_gb=0.0)
     graph = TaskGraph(scenario.problem, by_operator(scenario.problem, {f"s{i}": f"gpu{i}" for i in range(3)}))
     warm = best_list_schedule(graph)
-    fast = solve_schedule(graph, warm_order=warm.order, time_limit=10)
-    lean = solve_schedule(graph, warm_order=warm.order, time_limit=20, objective="memory", memory_weight=50.0)
+    fast = solve_schedule(graph, ScheduleSettings(time_limit=10), warm_order=warm.order)
+    lean = solve_schedule(graph, ScheduleSettings(time_limit=20, objective="memory", memory_weight=50.0), warm_order=warm.order)
     assert max(lean.peak_memory.values()) <= max(fast.peak_memory.values()) + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cpsat_finds_the_brute_force_optimum_within_memory(seed):
+    """CP-SAT's order, re-timed exactly, is optimal and within memory on tiny instances."""
+    from planner.mip.cpsat import solve_order
+
+    problem = _random_problem(seed + 100, ops=2, micro_batches=2, mode="training")
+    graph = TaskGraph(problem, by_operator(problem, {"o0": "gpu0", "o1": "gpu1"}))
+    greedy_peak = _peaks(graph, best_list_schedule(graph).order, graph.memory_delta())
+    limits = {d: max(greedy_peak[d] - 1.0, max(a for a, _ in graph.memory_delta())) for d in graph.devices}
+    found = solve_order(graph, limits, seconds=10)
+    assert found is not None and found.status == "optimal"
+    assert graph.makespan(graph.left_shift(found.order)) == pytest.approx(_brute_force(graph, limits))
+    peaks = _peaks(graph, found.order, graph.memory_delta())
+    assert all(peaks[d] <= limits[d] + 1e-9 for d in graph.devices)

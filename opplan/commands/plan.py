@@ -8,6 +8,7 @@ simulator's report of the planned schedule. ``-o`` writes the schedule document.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ from rich.console import Console
 
 from opplan.commands.common import FiniteFloat, limit_options, scenario_argument, write_reports, wrote
 from opplan.output import check_outputs, write_output
-from opplan.planning import print_plan, progress_printer
+from opplan.planning import print_plan, progress_printer, run_planner, verbose_option
 from planner.mip import FORMULATIONS
 from simulator.errors import InputError
 from simulator.metrics import build_report
@@ -43,6 +44,7 @@ __all__ = ["plan_command", "progress_printer", "print_plan"]
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="hybrid: Dask worker processes replaying layouts (0: here)")
 @click.option("--scheduler", metavar="ADDRESS", default=None, help="hybrid: replay on an existing Dask cluster")
 @limit_options
+@verbose_option
 def plan_command(
     scenario: Path,
     objective: str | None,
@@ -53,17 +55,20 @@ def plan_command(
     output: Path | None,
     trace_path: Path | None,
     json_path: Path | None,
+    verbose: bool,
     space: str = "auto",
     workers: int = 0,
     scheduler: str | None = None,
 ) -> None:
     """Plan SCENARIO with the bi-level MIP (or, for models with layers, the hybrid-space search);
-    print the certificate and the simulated report."""
-    if _hybrid_plan(scenario, space, time_limit, workers, scheduler, output):
+    print the certificate and the simulated report.
+
+    The time limit counts from the start of the command (reading the scenario included)."""
+    if _hybrid_plan(scenario, space, time_limit, workers, scheduler, output, {"--json": json_path, "--trace": trace_path}):
         return
-    from planner.bilevel import plan
     from planner.memory import memory_like
 
+    began = time.monotonic()
     outputs = {"--output": output, "--json": json_path, "--trace": trace_path}
     check_outputs(outputs, inputs=[scenario])
     if memory_limit_gb is not None and like_schedule is not None:
@@ -74,15 +79,9 @@ def plan_command(
     if like_schedule is not None:
         limit = memory_like(loaded, like_schedule)
         console.print(f"memory limit: {fmt_bytes(limit)} per device (the peak of {like_schedule})", highlight=False)
-    result = plan(
-        loaded,
-        time_limit=time_limit,
-        memory_limit_bytes=limit,
-        objective=objective,
-        formulation=formulation,
-        progress=progress_printer(console),
-        log=lambda line: console.print(line, highlight=False),
-    )
+    result = run_planner(loaded, time_limit=time_limit, memory_limit_bytes=limit, console=console, began=began,
+                         verbose=verbose, objective=objective, formulation=formulation,
+                         log=lambda line: console.print(line, highlight=False))
     print_plan(result, console)
     print_report(build_report(result.timeline), console, title=f"{loaded.name}: planned schedule")
     if output is not None:
@@ -92,7 +91,7 @@ def plan_command(
 
 
 def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: int, scheduler: str | None,
-                 output: Path | None) -> bool:
+                 output: Path | None, pipeline_only: dict[str, Path | None]) -> bool:
     """Dispatch to :mod:`planner.search` for ``--space hybrid`` or a transformer / moe / two_tower model."""
     from opplan.commands.plan_hybrid import plan_hybrid
     from simulator.model_shapes import SHAPES
@@ -102,6 +101,9 @@ def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: 
     loaded = load_scenario(scenario)
     if space == "auto" and str(loaded.model_config.get("type", "")) not in SHAPES:
         return False
+    for flag, given in pipeline_only.items():
+        if given is not None:
+            raise InputError(f"{flag} applies to pipeline plans; a hybrid plan is written with -o", field=flag)
     check_outputs({"--output": output}, inputs=[scenario])
     plan_hybrid(loaded, scenario, time_limit=time_limit or loaded.objective.time_limit_s, workers=workers, scheduler=scheduler,
                 output=output, console=Console(width=max(Console().width, 200)))

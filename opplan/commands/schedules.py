@@ -10,6 +10,7 @@ not apply are listed underneath with the reason.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -18,7 +19,7 @@ from rich.console import Console
 from opplan.commands.common import FiniteFloat, limit_options, scenario_argument, wrote
 from opplan.commands.plan_hybrid import searched_row
 from opplan.output import check_outputs, write_output
-from opplan.planning import planned_schedule
+from opplan.planning import planned_schedule, verbose_option
 from planner.layouts.compare import layout_rows, render_layout_rows, rows_to_dicts
 from planner.memory import memory_like
 from planner.schedules import available, generate
@@ -75,15 +76,18 @@ def _parse_with(values: tuple[str, ...]) -> dict[str, Path]:
 @_chunks
 @_ranks
 @limit_options
+@verbose_option
 def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | None, with_plan: bool,
-                    plan_memory_like: str | None, time_limit: float | None, chunks: int | None, ranks: int | None) -> None:
+                    plan_memory_like: str | None, time_limit: float | None, chunks: int | None, ranks: int | None,
+                    verbose: bool) -> None:
     """Replay every built-in schedule that applies to SCENARIO (and the --with files); print one table.
 
     A schedule whose replay has violations is marked invalid and is never the "x best" reference.
     For transformer, moe and two_tower models (without --with / --plan) each row is a layout
     (the scenario's, the presets, the built-in schedules on cost-balanced stages) replayed
     for one training step."""
-    for given, flag in ((plan_memory_like, "--plan-memory-like"), (time_limit, "--time-limit")):
+    began = time.monotonic()
+    for given, flag in ((plan_memory_like, "--plan-memory-like"), (time_limit, "--time-limit"), (verbose or None, "--verbose")):
         if given is not None and not with_plan:
             raise InputError(f"{flag} only applies with --plan (it would do nothing here)", field=flag)
     files = _parse_with(extra)
@@ -106,7 +110,8 @@ def compare_command(scenario: Path, extra: tuple[str, ...], json_path: Path | No
         if limit is not None:
             console.print(f"planner memory limit: {limit / 1e9:.4g} GB per device (the peak of {plan_memory_like})",
                           highlight=False)
-        schedules["opplan plan"] = planned_schedule(loaded, time_limit=time_limit, memory_limit_bytes=limit, console=console)
+        schedules["opplan plan"] = planned_schedule(loaded, time_limit=time_limit, memory_limit_bytes=limit, console=console,
+                                                    began=began, verbose=verbose)
     rows = comparison_rows(loaded, schedules, chunks=chunks, ranks=ranks)
     unavailable = {name: reason for name, reason in available(loaded, chunks=chunks, ranks=ranks).items() if reason}
     p = loaded.problem

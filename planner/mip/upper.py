@@ -42,6 +42,37 @@ class PlacementCandidate:
     status: str
 
 
+@dataclass(frozen=True)
+class _PlacementData:
+    groups: list[str]
+    work: np.ndarray  # (group, device): F+B+W seconds of one micro-batch
+    memory: np.ndarray  # per group: static bytes + in-flight activations
+    edge_time: np.ndarray  # per coarse edge: seconds to move its tensor between two devices
+    micro_batches: int
+
+
+def _placement_data(problem: Problem, coarsening: Coarsening, devices: Sequence[str]) -> _PlacementData:
+    coarse = coarsening.graph
+    groups = [op.name for op in coarse.operators]
+    m = problem.workload.micro_batches
+    cluster = problem.cluster
+    coarse_problem = Problem(coarse, cluster, problem.workload)
+    work = np.array(
+        [
+            [sum(coarse_problem.duration(Task(g, 0, k), cluster.by_name[d]) for k in problem.workload.kinds) for d in devices]
+            for g in groups
+        ]
+    )
+    in_flight = min(m, len(devices))
+    memory = np.array([op.static_bytes + in_flight * op.activation_bytes for op in coarse.operators])
+    # Time to move one edge's tensor between two different devices (the cheapest route: a lower estimate).
+    pairs = [(a, b) for a in devices for b in devices if a != b]
+    edge_time = np.array(
+        [min((problem.transfer_time(a, b, e.bytes) for a, b in pairs), default=0.0) for e in coarse.edges]
+    )
+    return _PlacementData(groups, work, memory, edge_time, m)
+
+
 def solve_placement(
     problem: Problem,
     coarsening: Coarsening,
@@ -53,55 +84,37 @@ def solve_placement(
     time_limit: float = 10.0,
 ) -> PlacementCandidate | None:
     """One placement from the MIP, or None when no placement fits (or none is found in time)."""
-    coarse = coarsening.graph
-    groups = [op.name for op in coarse.operators]
-    index = {g: i for i, g in enumerate(groups)}
-    n_g, n_d = len(groups), len(devices)
-    m = problem.workload.micro_batches
-    cluster = problem.cluster
-    coarse_problem = Problem(coarse, cluster, problem.workload)
-    work = np.array(
-        [
-            [sum(coarse_problem.duration(Task(g, 0, k), cluster.by_name[d]) for k in problem.workload.kinds) for d in devices]
-            for g in groups
-        ]
-    )
-    in_flight = min(m, n_d)
-    memory = np.array([op.static_bytes + in_flight * op.activation_bytes for op in coarse.operators])
-    # Time to move one edge's tensor between two different devices (the cheapest route: a lower estimate).
-    pairs = [(a, b) for a in devices for b in devices if a != b]
-    edge_time = np.array(
-        [min((problem.transfer_time(a, b, e.bytes) for a, b in pairs), default=0.0) for e in coarse.edges]
-    )
-
+    data = _placement_data(problem, coarsening, devices)
+    edges = coarsening.graph.edges
+    index = {g: i for i, g in enumerate(data.groups)}
+    n_g, n_d, m = len(data.groups), len(devices), data.micro_batches
     # -- variables ---------------------------------------------------------------------------
     x = cp.Variable((n_g, n_d), boolean=True, name="on")
-    z = cp.Variable(len(coarse.edges), nonneg=True, name="cut") if coarse.edges else None
+    z = cp.Variable(len(edges), nonneg=True, name="cut") if edges else None
     load = cp.Variable(name="max_load")
     # -- constraints ---------------------------------------------------------------------------
     constraints = [cp.sum(x, axis=1) == 1, x[0, 0] == 1]
-    constraints.append(load >= m * cp.sum(cp.multiply(work, x), axis=0))
-    constraints.append(memory @ x <= np.array([memory_limit[d] for d in devices]))
+    constraints.append(load >= m * cp.sum(cp.multiply(data.work, x), axis=0))
+    constraints.append(data.memory @ x <= np.array([memory_limit[d] for d in devices]))
     if z is not None:
-        src = [index[e.src] for e in coarse.edges]
-        dst = [index[e.dst] for e in coarse.edges]
-        for d in range(n_d):
-            constraints.append(z >= x[src, d] - x[dst, d])
+        src, dst = [index[e.src] for e in edges], [index[e.dst] for e in edges]
+        constraints += [z >= x[src, d] - x[dst, d] for d in range(n_d)]
     for previous in exclude:
         chosen = [(index[g], devices.index(d)) for g, d in previous.items() if g in index and d in devices]
         if chosen:
             rows, cols = zip(*chosen)
             constraints.append(cp.sum(x[list(rows), list(cols)]) <= len(chosen) - 1)
     # -- objective -------------------------------------------------------------------------------
-    communication = 2 * m * (edge_time @ z) / n_d if z is not None else 0
+    communication = 2 * m * (data.edge_time @ z) / n_d if z is not None else 0
     problem_mip = cp.Problem(cp.Minimize(load + comm_weight * communication), constraints)
+    # -- solve, status before values ----------------------------------------------------------------
     try:
-        run_highs(problem_mip, time_limit=time_limit, mip_rel_gap=1e-3)
+        result = run_highs(problem_mip, time_limit=time_limit, mip_rel_gap=1e-3)
     except cp.error.SolverError:
         return None
-    if x.value is None or problem_mip.status not in ("optimal", "optimal_inaccurate", "user_limit"):
+    if not result.has_primal:
         return None
     chosen_device = np.asarray(x.value).argmax(axis=1)
-    placement = {g: devices[int(chosen_device[i])] for i, g in enumerate(groups)}
+    placement = {g: devices[int(chosen_device[i])] for i, g in enumerate(data.groups)}
     comm_value = float(communication.value) if z is not None else 0.0
-    return PlacementCandidate(placement, float(load.value), comm_value, problem_mip.status)
+    return PlacementCandidate(placement, float(load.value), comm_value, result.status)
