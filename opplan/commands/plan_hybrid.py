@@ -13,9 +13,11 @@ from rich.console import Console
 
 from opplan.commands.common import wrote
 from opplan.output import write_output
+from planner.capacity import check_memory_fits
 from planner.layouts.build import shape_of
 from planner.layouts.compare import render_layout_rows
 from planner.layouts.step import StepResult, describe_layout
+from planner.memory import memory_limits
 from planner.search.launch import deepspeed_config, megatron_arguments, parallel_block
 from planner.search.search import SearchResult, search_layouts
 from simulator.errors import InputError
@@ -82,6 +84,9 @@ def searched_row(scenario: Scenario, time_limit: float, console: Console) -> Ste
 def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, workers: int, scheduler: str | None,
                 output: Path | None, console: Console) -> None:
     """Search, print the report and the launch arguments; ``-o`` writes the plan as JSON."""
+    # A model whose states and one micro-batch exceed the whole cluster fits in no layout: the
+    # pipeline planner's refusal (with the GPUs it needs) holds for every layout too.
+    check_memory_fits(scenario, memory_limits(scenario, None))
     result = search_layouts(scenario, time_limit=search_budget(time_limit), workers=workers, scheduler=scheduler,
                             log=lambda line: console.print(line, highlight=False))
     print_search(result, console)
