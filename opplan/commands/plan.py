@@ -96,6 +96,7 @@ def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: 
     from opplan.commands.plan_hybrid import plan_hybrid
     from simulator.model_shapes import SHAPES
 
+    began = time.monotonic()
     if space == "pipeline":
         return False
     loaded = load_scenario(scenario)
@@ -106,5 +107,5 @@ def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: 
             raise InputError(f"{flag} applies to pipeline plans; a hybrid plan is written with -o", field=flag)
     check_outputs({"--output": output}, inputs=[scenario])
     plan_hybrid(loaded, scenario, time_limit=time_limit or loaded.objective.time_limit_s, workers=workers, scheduler=scheduler,
-                output=output, console=Console(width=max(Console().width, 200)))
+                output=output, console=Console(width=max(Console().width, 200)), began=began)
     return True

@@ -49,12 +49,21 @@ def print_search(result: SearchResult, console: Console) -> None:
 REPORT_SECONDS = 0.5
 
 
-def search_budget(time_limit: float) -> float:
-    """The search's share of ``--time-limit``, a promise for the whole command: what the process
-    has already spent (interpreter start, imports, reading the scenario) and the report come off it."""
+#: A command that began this soon after its interpreter started is a fresh ``opplan`` run, whose
+#: start-up (imports) counts against its time limit; in a long-lived process (tests, notebooks) it does not.
+FRESH_PROCESS_SECONDS = 30.0
+
+
+def search_budget(time_limit: float, began: float) -> float:
+    """The search's share of ``--time-limit``, a promise for the whole command begun at ``began``
+    (``time.monotonic()``): the time spent since (reading the scenario), the interpreter's start-up
+    for a fresh run, and the report come off it."""
     import psutil  # a dependency of dask.distributed
 
-    spent = max(0.0, time.time() - psutil.Process().create_time())
+    spent = time.monotonic() - began
+    startup = time.time() - spent - psutil.Process().create_time()
+    if 0.0 <= startup < FRESH_PROCESS_SECONDS:
+        spent += startup
     return max(0.1, time_limit - spent - REPORT_SECONDS)
 
 
@@ -75,19 +84,19 @@ def _refuse_if_empty(result: SearchResult, scenario: Scenario) -> None:
 
 def searched_row(scenario: Scenario, time_limit: float, console: Console) -> StepResult:
     """The search's plan as a row of ``opplan compare`` (named ``opplan plan``)."""
-    result = search_layouts(scenario, time_limit=search_budget(time_limit))
+    result = search_layouts(scenario, time_limit=time_limit)  # compare: --time-limit is the planner's seconds
     print_search(result, console)
     _refuse_if_empty(result, scenario)
     return replace(result.best.result, name="opplan plan")
 
 
 def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, workers: int, scheduler: str | None,
-                output: Path | None, console: Console) -> None:
+                output: Path | None, console: Console, began: float) -> None:
     """Search, print the report and the launch arguments; ``-o`` writes the plan as JSON."""
     # A model whose states and one micro-batch exceed the whole cluster fits in no layout: the
     # pipeline planner's refusal (with the GPUs it needs) holds for every layout too.
     check_memory_fits(scenario, memory_limits(scenario, None))
-    result = search_layouts(scenario, time_limit=search_budget(time_limit), workers=workers, scheduler=scheduler,
+    result = search_layouts(scenario, time_limit=search_budget(time_limit, began), workers=workers, scheduler=scheduler,
                             log=lambda line: console.print(line, highlight=False))
     print_search(result, console)
     _refuse_if_empty(result, scenario)

@@ -88,9 +88,9 @@ def balanced_cut(costs: LayoutCosts, layout: Layout, capacity: float, *, time_li
     constraints += [(seconds[1:-1] / scale) @ x + fixed <= slowest]
     # objective, solve
     problem = cp.Problem(cp.Minimize(slowest), constraints)
-    run_highs(problem, time_limit=time_limit, output_flag=False)
-    if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or x.value is None:
-        return CutResult(None, float("inf"), str(problem.status))
+    result = run_highs(problem, time_limit=time_limit)
+    if not result.has_primal:
+        return CutResult(None, float("inf"), str(result.status))
     assignment = np.rint(x.value).argmax(axis=1)
     cut = tuple(int((assignment == s).sum()) for s in range(stages))
     return CutResult(cut, max_stage_seconds(costs, cut), str(problem.status))
