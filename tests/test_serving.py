@@ -215,6 +215,21 @@ def test_serve_command_compares_layouts_plans_and_writes_json(tmp_path, capsys):
     assert results["plan"]["objective"] == "latency" and results["plan"]["enumerated"] >= 8
 
 
+def test_opplan_plan_on_a_serving_scenario_is_the_serving_planner(tmp_path, capsys):
+    import json
+
+    path, out = tmp_path / "s.yaml", tmp_path / "plan.json"
+    doc = _scenario(8)
+    doc["objective"] = {"serving": "throughput"}
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["plan", str(path), "--json", str(out)]) == 0
+    assert "starting point (enumerated, not measured on hardware)" in capsys.readouterr().out
+    plan = json.loads(out.read_text())["plan"]
+    assert plan["objective"] == "throughput" and plan["enumerated"] >= 8
+    assert main(["plan", str(path), "--trace", str(tmp_path / "t.json")]) == 2
+    assert "--trace applies to training plans" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("layout, message", [("8", "expected TPxPP"), ("3x1", "tp x pp = 3 does not divide the 8 devices"),
                                              ("4x1", None)])
 def test_serve_layout_errors_are_one_line(tmp_path, capsys, layout, message):

@@ -64,6 +64,8 @@ def plan_command(
     print the certificate and the simulated report.
 
     The time limit counts from the start of the command (reading the scenario included)."""
+    if _serving_plan(scenario, json_path, {"--output": output, "--trace": trace_path, "--objective": objective}):
+        return
     if _hybrid_plan(scenario, space, time_limit, workers, scheduler, output, {"--json": json_path, "--trace": trace_path}):
         return
     from planner.memory import memory_like
@@ -108,4 +110,20 @@ def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: 
     check_outputs({"--output": output}, inputs=[scenario])
     plan_hybrid(loaded, scenario, time_limit=time_limit or loaded.objective.time_limit_s, workers=workers, scheduler=scheduler,
                 output=output, console=Console(width=max(Console().width, 200)), began=began)
+    return True
+
+
+def _serving_plan(scenario: Path, json_path: Path | None, training_only: dict[str, object]) -> bool:
+    """A serving workload (``workload.requests``) is planned by :mod:`planner.serving`: the same
+    enumeration and serving replay as ``opplan serve --plan``, with ``objective.serving`` and its SLO."""
+    from opplan.commands.serve import serve
+
+    loaded = load_scenario(scenario)
+    if loaded.serving is None:
+        return False
+    for flag, given in training_only.items():
+        if given is not None:
+            raise InputError(f"{flag} applies to training plans; a serving plan takes objective.serving and objective.slo"
+                             " in the scenario", field=flag)
+    click.get_current_context().invoke(serve, scenario=scenario, layouts=(), plan=True, json_path=json_path, kv_plot=None)
     return True
