@@ -241,3 +241,13 @@ def test_simulate_replays_the_scenarios_own_layout_when_no_schedule_is_given(tmp
     assert f"{expected.step * 1e3:.1f}" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["makespan"] <= expected.step
+
+
+def test_plan_sends_an_inference_workload_to_the_pipeline_planner_not_the_layout_search(tmp_path: Path, capsys):
+    import yaml
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "workload": {"mode": "inference", "micro_batches": 2}}))
+    assert main(["plan", str(path), "--space", "hybrid"]) == 2
+    assert "workload.mode: the hybrid search plans training steps" in capsys.readouterr().err
+    assert main(["plan", str(path), "--time-limit", "5"]) == 0
+    assert "plan: makespan" in capsys.readouterr().out

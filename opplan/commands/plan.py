@@ -102,8 +102,12 @@ def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: 
     if space == "pipeline":
         return False
     loaded = load_scenario(scenario)
-    if space == "auto" and str(loaded.model_config.get("type", "")) not in SHAPES:
+    training = loaded.problem.workload.mode == "training"
+    if space == "auto" and (str(loaded.model_config.get("type", "")) not in SHAPES or not training):
         return False
+    if not training:
+        raise InputError("the hybrid search plans training steps; plan inference with --space pipeline, or give"
+                         " workload.requests and use the serving planner", file=str(scenario), field="workload.mode")
     for flag, given in pipeline_only.items():
         if given is not None:
             raise InputError(f"{flag} applies to pipeline plans; a hybrid plan is written with -o", field=flag)
