@@ -20,6 +20,7 @@ from opplan.commands.schedules import compare_command, schedule_command
 from opplan.commands.serve import serve
 from opplan.commands.simulate import simulate, validate
 from opplan.commands.sweep import sweep
+from opplan.startup import note_process_start
 from simulator.errors import OpplanError, ScheduleRejected
 from simulator.reading import recording_inputs
 
@@ -38,6 +39,8 @@ for _command in (simulate, validate, schedule_command, compare_command, describe
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning domain errors into one-line messages."""
+    if argv is None:  # opplan is the program: its start-up counts against --time-limit
+        note_process_start()
     try:
         with recording_inputs():  # so that no output can overwrite any file this run read
             cli.main(args=argv, prog_name="opplan", standalone_mode=False)

@@ -171,3 +171,14 @@ def test_a_model_that_fits_nowhere_is_refused_in_seconds_with_what_it_would_need
     lines = capsys_text(capfd).strip().splitlines()
     assert len(lines) == 1 and "tight.yaml" in lines[0] and "needs at least" in lines[0] and "GPUs" in lines[0]
     assert time.monotonic() - started < 5
+
+
+def test_only_a_real_opplan_process_counts_its_start_up_against_the_time_limit(monkeypatch):
+    import time
+
+    from opplan import startup
+    from opplan.commands.plan_hybrid import REPORT_SECONDS, search_budget
+    monkeypatch.setitem(startup._STARTUP, "seconds", 0.0)  # main([...]) called in-process: nothing before it counts
+    assert search_budget(20.0, time.monotonic()) == pytest.approx(20.0 - REPORT_SECONDS, abs=0.05)
+    monkeypatch.setitem(startup._STARTUP, "seconds", 3.0)  # `opplan plan` as the program, 3 s of imports
+    assert search_budget(20.0, time.monotonic()) == pytest.approx(17.0 - REPORT_SECONDS, abs=0.05)

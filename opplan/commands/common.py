@@ -20,7 +20,8 @@ from simulator.scenario import Scenario, load_scenario
 from simulator.schedule import Schedule, load_schedule
 from simulator.trace import trace_events
 
-__all__ = ["FiniteFloat", "builtin_option", "limit_callback", "limit_options", "scenario_argument", "load_inputs", "wrote", "write_reports"]
+__all__ = ["FiniteFloat", "builtin_option", "limit_callback", "limit_options", "scenario_argument", "load_inputs",
+           "one_schedule_source", "schedule_for", "wrote", "write_reports"]
 
 scenario_argument = click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 builtin_option = click.option("--builtin", "builtin", metavar="NAME",
@@ -74,13 +75,24 @@ def wrote(path: Path | str, detail: str = "") -> None:
 def load_inputs(scenario_path: Path, schedule_path: Path | None, builtin: str | None = None) -> tuple[Scenario, Schedule, Path | None]:
     """The scenario, and the schedule to replay: ``--builtin NAME``, ``--schedule FILE``, or the
     scenario's ``schedule:``. The path returned is the schedule file's (``None`` for a built-in)."""
+    one_schedule_source(schedule_path, builtin)
+    scenario = load_scenario(scenario_path)
+    return (scenario, *schedule_for(scenario, scenario_path, schedule_path, builtin))
+
+
+def one_schedule_source(schedule_path: Path | None, builtin: str | None) -> None:
+    """``--schedule FILE`` and ``--builtin NAME`` exclude each other (checked before anything is read)."""
     if schedule_path is not None and builtin is not None:
         raise InputError("give --schedule FILE or --builtin NAME, not both", field="--builtin")
-    scenario = load_scenario(scenario_path)
+
+
+def schedule_for(scenario: Scenario, scenario_path: Path, schedule_path: Path | None,
+                 builtin: str | None) -> tuple[Schedule, Path | None]:
+    """The schedule to replay on a loaded scenario, and its file (``None`` for a built-in)."""
     if builtin is not None:
         from planner.schedules import builtin_schedule
 
-        return scenario, builtin_schedule(builtin, scenario), None
+        return builtin_schedule(builtin, scenario), None
     path = schedule_path or scenario.schedule_file
     if path is None and scenario.serving is not None:
         raise InputError(f"a serving workload (workload.requests) has no schedule to replay: run opplan serve {scenario_path}",
@@ -88,7 +100,7 @@ def load_inputs(scenario_path: Path, schedule_path: Path | None, builtin: str | 
     if path is None:
         raise InputError("no schedule given: pass --schedule FILE, --builtin NAME (e.g. 1f1b), or set schedule: in the scenario",
                          file=str(scenario_path), field="schedule")
-    return scenario, load_schedule(path), path
+    return load_schedule(path), path
 
 
 def write_reports(timeline: Timeline, *, json_path: Path | None, trace_path: Path | None, inputs: list[Path]) -> None:

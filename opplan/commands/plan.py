@@ -21,7 +21,7 @@ from planner.mip import FORMULATIONS
 from simulator.errors import InputError
 from simulator.metrics import build_report
 from simulator.report import fmt_bytes, print_report
-from simulator.scenario import OBJECTIVES, load_scenario
+from simulator.scenario import OBJECTIVES, Scenario, load_scenario
 from simulator.schedule import schedule_to_dict
 
 __all__ = ["plan_command", "progress_printer", "print_plan"]
@@ -64,18 +64,19 @@ def plan_command(
     print the certificate and the simulated report.
 
     The time limit counts from the start of the command (reading the scenario included)."""
-    if _serving_plan(scenario, json_path, {"--output": output, "--trace": trace_path, "--objective": objective}):
+    began = time.monotonic()
+    loaded = load_scenario(scenario)  # once: the full DeepSeek-V3 takes seconds to read
+    if _serving_plan(loaded, scenario, json_path, {"--output": output, "--trace": trace_path, "--objective": objective}):
         return
-    if _hybrid_plan(scenario, space, time_limit, workers, scheduler, output, {"--json": json_path, "--trace": trace_path}):
+    if _hybrid_plan(loaded, scenario, space, time_limit, workers, scheduler, output, began,
+                    {"--json": json_path, "--trace": trace_path}):
         return
     from planner.memory import memory_like
 
-    began = time.monotonic()
     outputs = {"--output": output, "--json": json_path, "--trace": trace_path}
     check_outputs(outputs, inputs=[scenario])
     if memory_limit_gb is not None and like_schedule is not None:
         raise InputError("give --memory-limit or --memory-like, not both", field="--memory-like")
-    loaded = load_scenario(scenario)
     limit = memory_limit_gb * 1e9 if memory_limit_gb is not None else None
     console = Console(width=max(Console().width, 132))
     if like_schedule is not None:
@@ -92,16 +93,14 @@ def plan_command(
     write_reports(result.timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario])
 
 
-def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: int, scheduler: str | None,
-                 output: Path | None, pipeline_only: dict[str, Path | None]) -> bool:
+def _hybrid_plan(loaded: Scenario, scenario: Path, space: str, time_limit: float | None, workers: int, scheduler: str | None,
+                 output: Path | None, began: float, pipeline_only: dict[str, Path | None]) -> bool:
     """Dispatch to :mod:`planner.search` for ``--space hybrid`` or a transformer / moe / two_tower model."""
     from opplan.commands.plan_hybrid import plan_hybrid
     from simulator.model_shapes import SHAPES
 
-    began = time.monotonic()
     if space == "pipeline":
         return False
-    loaded = load_scenario(scenario)
     training = loaded.problem.workload.mode == "training"
     if space == "auto" and (str(loaded.model_config.get("type", "")) not in SHAPES or not training):
         return False
@@ -117,12 +116,11 @@ def _hybrid_plan(scenario: Path, space: str, time_limit: float | None, workers: 
     return True
 
 
-def _serving_plan(scenario: Path, json_path: Path | None, training_only: dict[str, object]) -> bool:
+def _serving_plan(loaded: Scenario, scenario: Path, json_path: Path | None, training_only: dict[str, object]) -> bool:
     """A serving workload (``workload.requests``) is planned by :mod:`planner.serving`: the same
     enumeration and serving replay as ``opplan serve --plan``, with ``objective.serving`` and its SLO."""
     from opplan.commands.serve import serve
 
-    loaded = load_scenario(scenario)
     if loaded.serving is None:
         return False
     for flag, given in training_only.items():

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from opplan.commands.common import wrote
 from opplan.output import write_output
+from opplan.startup import startup_seconds
 from planner.capacity import check_memory_fits
 from planner.layouts.build import shape_of
 from planner.layouts.compare import render_layout_rows
@@ -49,21 +50,11 @@ def print_search(result: SearchResult, console: Console) -> None:
 REPORT_SECONDS = 0.5
 
 
-#: A command that began this soon after its interpreter started is a fresh ``opplan`` run, whose
-#: start-up (imports) counts against its time limit; in a long-lived process (tests, notebooks) it does not.
-FRESH_PROCESS_SECONDS = 30.0
-
-
 def search_budget(time_limit: float, began: float) -> float:
     """The search's share of ``--time-limit``, a promise for the whole command begun at ``began``
     (``time.monotonic()``): the time spent since (reading the scenario), the interpreter's start-up
-    for a fresh run, and the report come off it."""
-    import psutil  # a dependency of dask.distributed
-
-    spent = time.monotonic() - began
-    startup = time.time() - spent - psutil.Process().create_time()
-    if 0.0 <= startup < FRESH_PROCESS_SECONDS:
-        spent += startup
+    when ``opplan`` is the program (:mod:`opplan.startup`), and the report come off it."""
+    spent = time.monotonic() - began + startup_seconds()
     return max(0.1, time_limit - spent - REPORT_SECONDS)
 
 

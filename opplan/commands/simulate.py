@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from opplan.commands.common import builtin_option, limit_options, load_inputs, scenario_argument, write_reports
+from opplan.commands.common import (
+    builtin_option,
+    limit_options,
+    load_inputs,
+    one_schedule_source,
+    scenario_argument,
+    schedule_for,
+    write_reports,
+)
 from opplan.output import check_outputs
 from simulator.engine import replay
 from simulator.errors import ScheduleRejected
@@ -40,12 +48,13 @@ def simulate(scenario: Path, schedule_path: Path | None, builtin: str | None, tr
 
     A scenario with a ``parallel:`` layout and no schedule replays that layout's training step."""
     check_outputs({"--json": json_path, "--trace": trace_path}, inputs=[scenario, schedule_path])
-    if schedule_path is None and builtin is None:
-        loaded = load_scenario(scenario)
-        if loaded.schedule_file is None and loaded.parallel is not None and loaded.serving is None:
-            _simulate_layout(loaded, scenario, json_path=json_path, trace_path=trace_path)
-            return
-    problem_scenario, schedule, used = load_inputs(scenario, schedule_path, builtin)
+    one_schedule_source(schedule_path, builtin)
+    problem_scenario = load_scenario(scenario)
+    if schedule_path is None and builtin is None and problem_scenario.schedule_file is None \
+            and problem_scenario.parallel is not None and problem_scenario.serving is None:
+        _simulate_layout(problem_scenario, scenario, json_path=json_path, trace_path=trace_path)
+        return
+    schedule, used = schedule_for(problem_scenario, scenario, schedule_path, builtin)
     inputs = [scenario, used]
     check_outputs({"--json": json_path, "--trace": trace_path}, inputs=inputs)
     timeline = _replay_naming(problem_scenario, schedule, used)
