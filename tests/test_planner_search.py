@@ -58,6 +58,20 @@ def test_the_time_bound_is_never_above_the_replayed_step(brute):
     assert len(replayed) > 50  # the rest the schedule generators refuse (e.g. ZB-H2 with too few micro-batches)
     for layout, bound, result in replayed:
         assert bound.time <= result.step * (1 + 1e-9), layout
+    assert sum(layout.cp > 1 for layout, _, _ in replayed) > 10  # context parallelism is searched too
+
+
+def test_the_bound_prices_the_context_parallel_kv_ring(brute):
+    """Under CP every layer's F holds the all-gather of K and V and its B the reduce-scatter of
+    their gradients (as the replay runs them, blocking): the bound's passes include their
+    idle-cluster price, so they are longer than the compute alone."""
+    ctx, rows = brute
+    layout = next(layout for layout, _, result in rows if layout.cp > 1 and not isinstance(result, str))
+    costs = ctx.costs(layout)
+    layer = costs.units[1]
+    assert layer.cp_forward and layer.cp_backward
+    assert costs.passes[1]["F"] > layer.seconds["F"] and costs.passes[1]["B"] > layer.seconds["B"]
+    assert costs.passes[1]["W"] == layer.seconds["W"]
 
 
 def test_the_memory_bound_is_never_above_the_replayed_peak(brute):
