@@ -287,7 +287,7 @@ class _Replay:
         """The schedule's collective calls: ``watched`` tasks wake a collective when they
         finish, ``gates`` hold tasks until a collective has ended (both stay empty, and so
         free in the stream loop, for schedules without collectives)."""
-        self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive)
+        self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive, self.schedule.devices)
         self.watched, self.gates = self.coll.watch, self.coll.gates
 
     def _collective(self, state: _StreamState, entry: Entry, held: list):
