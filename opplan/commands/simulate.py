@@ -73,7 +73,8 @@ def _simulate_layout(loaded, scenario: Path, *, json_path: Path | None, trace_pa
 
     run = build_layout_run(loaded, loaded.parallel, "scenario")
     timeline = replay(run.problem, run.schedule)
-    print_report(build_report(timeline), title=f"{loaded.name}: layout {describe_layout(loaded.parallel)} (replayed ranks)")
+    how = "replayed ranks" + (", collectives priced: too many transfers to replay on links" if run.collectives == "priced" else "")
+    print_report(build_report(timeline), title=f"{loaded.name}: layout {describe_layout(loaded.parallel)} ({how})")
     render_layout_rows([step_result(run, timeline, "scenario")], title=f"{loaded.name}: one training step")
     write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario])
     if timeline.violations:
