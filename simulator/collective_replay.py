@@ -119,7 +119,8 @@ class _Run:
         self.call = call
         if call.priced:
             self.steps, self.idle = (), owner.price_of(call.collective, cluster)
-            self.missing_members = set(call.collective.group) & owner.listed
+            members = set(call.collective.group)
+            self.missing_members = members if owner.listed is None else members & owner.listed
         else:
             self.steps, self.idle = owner.steps_of(call.collective, cluster)
             self.missing_members = set(call.collective.group)
@@ -197,15 +198,16 @@ class CollectiveReplay:
 
     ``env`` is the replay's environment, ``path`` its cached route lookup, ``arrive``
     the function that marks a key as arrived (waking whatever waits for it), ``listed``
-    the devices the schedule lists (a priced call waits only for those of its members).
+    the devices the schedule lists (a priced call waits only for those of its members;
+    None: for all of them).
     """
 
     def __init__(self, env: simpy.Environment, cluster: Cluster, calls: Mapping[str, CollectiveCall],
-                 path: PathLookup, arrive: Callable[[Any], None], listed: Iterable[str] = ()):
+                 path: PathLookup, arrive: Callable[[Any], None], listed: Iterable[str] | None = None):
         self.env = env
         self.path = path
         self.arrive = arrive
-        self.listed = frozenset(listed)
+        self.listed = None if listed is None else frozenset(listed)
         self.records: list[CollectiveRecord] = []
         self.transfers: list[CollectiveTransfer] = []
         self._steps: dict[Collective, tuple[tuple[Step, ...], float]] = {}
