@@ -155,3 +155,14 @@ def test_a_priced_collective_ends_before_any_members_next_entry_starts(problem, 
             later = [e for e in timeline.executed if e.device == device and e.stream == schedule.collectives[name].stream
                      and e.start > record.start and e.entry.collective is None]
             assert all(e.start >= record.end - 1e-15 for e in later)
+
+
+def test_simulate_prices_a_layouts_collectives_when_asked_and_says_so(capsys):
+    from opplan.cli import main
+
+    assert main(["simulate", "scenarios/deepseek-moe-h800.yaml", "--collectives", "priced"]) == 0
+    out = capsys.readouterr().out
+    assert "deepseek-moe-h800: layout dp16 ep8 zero1 (replayed ranks, collectives priced)" in out
+    assert main(["simulate", "scenarios/pipeline-4x8.yaml", "--collectives", "links"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "opplan: error: --collectives: applies to a scenario's parallel: layout, not to a schedule"
