@@ -166,3 +166,54 @@ def test_simulate_prices_a_layouts_collectives_when_asked_and_says_so(capsys):
     assert main(["simulate", "scenarios/pipeline-4x8.yaml", "--collectives", "links"]) == 2
     assert capsys.readouterr().err.strip() == \
         "opplan: error: --collectives: applies to a scenario's parallel: layout, not to a schedule"
+
+
+class TestUncontended:
+    """Which calls :func:`simulator.contention.uncontended` may price without changing the replay."""
+
+    def test_one_group_on_one_stream_is_uncontended(self, problem):
+        from simulator.contention import uncontended
+
+        assert uncontended(problem, _step(GPUS, priced=False)) == {"grads"}
+
+    def test_two_groups_sharing_a_gpus_ports_or_two_streams_contend(self, problem):
+        from simulator.contention import uncontended
+
+        left = CollectiveCall("left", Collective("all_reduce", GPUS[:2], 1e9))
+        right = CollectiveCall("right", Collective("all_reduce", GPUS[1:3], 1e9))
+        apart = CollectiveCall("apart", Collective("all_reduce", GPUS[2:], 1e9), stream="compute")
+        lists = {d: [Task(f"s{i}", 0, k) for k in "FBW"] for i, d in enumerate(GPUS)}
+        for call in (left, right, apart):
+            for device in call.collective.group:
+                lists[device].append(call)
+        # gpu1's ports carry left and right; gpu2's carry right and apart (another stream).
+        assert uncontended(problem, Schedule.from_lists(lists)) == frozenset()
+        del lists["gpu1"][-1]
+        del lists["gpu2"][-2]
+        lists["gpu2"].remove(apart)
+        lists["gpu3"].remove(apart)
+        lists["gpu2"].append(CollectiveCall("far", Collective("all_reduce", GPUS[2:], 1e9)))
+        lists["gpu3"].append(lists["gpu2"][-1])
+        assert uncontended(problem, Schedule.from_lists(lists)) == {"left", "far"}
+
+    def test_a_pipeline_send_on_its_links_contends(self, make_problem, op):
+        from simulator.contention import uncontended
+
+        problem = make_problem([op("s0"), op("s1")], [("s0", "s1", 1e9)], devices=2, bandwidth=1e9, mode="inference")
+        send = CollectiveCall("p2p", Collective("send_recv", ("gpu0", "gpu1"), 2e9))
+        schedule = Schedule.from_lists({"gpu0": [send, Task("s0", 0, "F")], "gpu1": [send, Task("s1", 0, "F")]})
+        assert uncontended(problem, schedule) == frozenset()
+
+
+def test_auto_prices_only_what_nothing_contends_with_and_replays_the_same():
+    """DP16 + EP8 MoE: its EP all-to-alls and DP buckets share NICs (stay on links); FSDP on
+    the same model has one class of collectives per group (all priced), and the same step."""
+    scenario = load_scenario("scenarios/deepseek-moe-h800.yaml")
+    moe = build_layout_run(scenario, scenario.parallel)
+    assert moe.collectives == "links" and not any(c.priced for c in moe.schedule.collectives.values())
+    fsdp = replace(scenario.parallel, ep=1, zero=3)
+    auto = build_layout_run(scenario, fsdp)
+    assert auto.collectives == "links" and all(c.priced for c in auto.schedule.collectives.values())
+    links = build_layout_run(scenario, fsdp, collectives="links")
+    steps = [step_result(run, replay(run.problem, run.schedule), "x").step for run in (auto, links)]
+    assert steps[0] == pytest.approx(steps[1], rel=1e-12)

@@ -30,7 +30,9 @@ on the real links (exact, contention included); ``priced`` makes every collectiv
 priced call (:class:`simulator.schedule.CollectiveCall`): it holds its members for its
 idle-cluster α–β time on the real group and topology, with no transfers and no phantom
 members; ``auto`` (the default) replays links unless that would run more than
-``event_budget`` transfers and phantom entries (:func:`link_events`), then prices.
+``event_budget`` transfers and phantom entries (:func:`link_events`), then prices; on links
+it prices the collectives no other traffic can slow (:func:`simulator.contention.uncontended`:
+the same replay to float rounding, with one event per such call instead of its transfers).
 Priced and links agree exactly when no two transfers share a link; where they do (DP
 buckets under pipeline sends on one NIC, two all-to-alls at once), links is slower.
 """
@@ -38,13 +40,14 @@ buckets under pipeline sends on one NIC, two all-to-alls at once), links is slow
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from planner.layouts.context import PRICED_GROUP, Context
 from planner.layouts.expand import expand_all
 from planner.schedules import generate
 from simulator.collectives import Collective, collective_steps, collective_time
+from simulator.contention import price_calls, uncontended
 from simulator.errors import InputError
 from simulator.graph import Edge, Operator, OperatorGraph, chain_graph
 from simulator.hybrid import Unit, model_units, stage_units
@@ -181,16 +184,18 @@ def build_layout_run(scenario: Scenario, layout: Layout, name: str = "", collect
     if collectives == "links":
         return _build(scenario, layout, name, priced=False)
     priced = _build(scenario, layout, name, priced=True)
-    if collectives == "priced" or link_events(priced) > event_budget:
+    if collectives == "priced" or link_events(priced, uncontended(priced.problem, priced.schedule)) > event_budget:
         return priced
-    return _build(scenario, layout, name, priced=False)
+    links = _build(scenario, layout, name, priced=False)
+    return replace(links, schedule=price_calls(links.schedule, uncontended(links.problem, links.schedule)))
 
 
-def link_events(run: LayoutRun) -> int:
+def link_events(run: LayoutRun, exact: frozenset[str] = frozenset()) -> int:
     """What replaying ``run``'s collectives on links costs, in replay events: every
     point-to-point transfer of every step (one for a stand-in: a group of
-    :data:`PRICED_GROUP` or more ranks with one replayed member), plus one entry per
-    member outside the replayed slice (a phantom device's place in the call)."""
+    :data:`PRICED_GROUP` or more ranks with one replayed member, and for a call in
+    ``exact``, priced since nothing contends with it), plus one entry per member outside
+    the replayed slice (a phantom device's place in the call)."""
     simulated = set(run.simulated)
     cluster = run.problem.cluster
     sizes: dict[Collective, int] = {}
@@ -199,7 +204,7 @@ def link_events(run: LayoutRun) -> int:
         c = call.collective
         inside = sum(d in simulated for d in c.group)
         total += len(c.group) - inside
-        if len(c.group) >= PRICED_GROUP and inside == 1:
+        if call.name in exact or (len(c.group) >= PRICED_GROUP and inside == 1):
             total += 1
             continue
         if c not in sizes:
