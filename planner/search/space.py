@@ -102,20 +102,27 @@ def _candidate(shape: ModelShape, **fields) -> Layout | None:
 def enumerate_layouts(space: Space, shape: ModelShape) -> Iterator[Layout]:
     """Every valid layout of the space (even stage cuts where ``pp x vpp`` divides the
     layers; otherwise the cut is left for :mod:`planner.search.cuts`)."""
-    for tp, pp, cp, ep in _degrees(space, shape):
-        dp = space.devices // (tp * pp * cp)
-        for schedule, vpp in _schedules(pp, len(shape.layers)):
-            for mbs in space.micro_batch_sizes:
-                if space.global_batch % (dp * mbs):
-                    continue
-                for zero in range(4):
-                    for recompute in RECOMPUTE:
-                        for sp in (False, True) if tp > 1 else (False,):
-                            layout = _candidate(shape, dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, sequence_parallel=sp, zero=zero, vpp=vpp,
-                                                recompute=recompute, micro_batch_size=mbs, global_batch_size=space.global_batch,
-                                                schedule=schedule, stage_layers=_even(shape, pp, vpp, schedule))
-                            if layout is not None:
-                                yield layout
+    own = space.micro_batch
+    sizes = sorted(space.micro_batch_sizes, key=lambda size: (size != own, size))  # the model's own size first: no rebuilt graph
+    for mbs in sizes:
+        for tp, pp, cp, ep in _degrees(space, shape):
+            dp = space.devices // (tp * pp * cp)
+            if space.global_batch % (dp * mbs):
+                continue
+            for schedule, vpp in _schedules(pp, len(shape.layers)):
+                yield from _variants(shape, space, dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, vpp=vpp, micro_batch_size=mbs,
+                                                        schedule=schedule, stage_layers=_even(shape, pp, vpp, schedule)))
+
+
+def _variants(shape: ModelShape, space: Space, degrees: dict) -> Iterator[Layout]:
+    """ZeRO stages, recompute modes and sequence parallelism on one choice of degrees and schedule."""
+    for zero in range(4):
+        for recompute in RECOMPUTE:
+            for sp in (False, True) if degrees["tp"] > 1 else (False,):
+                layout = _candidate(shape, **degrees, sequence_parallel=sp, zero=zero, recompute=recompute,
+                                    global_batch_size=space.global_batch)
+                if layout is not None:
+                    yield layout
 
 
 def _even(shape: ModelShape, pp: int, vpp: int, schedule: str) -> tuple[int, ...]:
