@@ -13,7 +13,8 @@ Time, per pipeline rank ``r`` (every data-parallel replica is the same by symmet
   inside B) plus each unit's TP all-reduces / reduce-scatters + all-gathers, its context-parallel
   KV ring (the all-gather of K and V in F, the reduce-scatter of their gradients in B:
   :func:`simulator.hybrid._with_context_parallel`, replayed blocking) and EP all-to-alls
-  priced on an idle cluster by :func:`simulator.collectives.collective_time` — they run
+  priced on an idle cluster as :func:`simulator.collectives.collective_time` prices them
+  (:mod:`planner.search.prices`) — they run
   on the compute stream, and contention only makes them slower. DualPipe's two
   directions share the micro-batches (``m / 2`` per held stage); with ``fb_overlap`` a
   fused F&B pair may save ``fb_overlap x min(F, B)``, which is subtracted.
@@ -41,8 +42,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate
 
+from planner.search.prices import PriceCurve, price_curve
 from simulator.cluster import Cluster
-from simulator.collectives import Collective, collective_time
 from simulator.hybrid import GATHER_BYTES, Unit, optimizer_seconds, stage_units
 from simulator.layout import Layout
 from simulator.memory_model import GRAD_BYTES, rank_memory
@@ -76,16 +77,23 @@ class LayoutCosts:
     prices: dict = field(default_factory=dict, compare=False, repr=False)
 
     def _group(self, token: str) -> tuple[str, ...]:
-        names = self.cluster.device_names
+        names = self.prices.get("names")
+        if names is None:
+            names = self.prices["names"] = self.cluster.device_names
         return tuple(names[r] for r in self.layout.groups(token)[0])
 
     def _price(self, op: str, token: str, size: float) -> float:
-        """Idle-cluster seconds of ``op`` over the first ``token`` group (memoised: layers repeat)."""
+        """Idle-cluster seconds of ``op`` over the first ``token`` group (memoised: layers repeat; one
+        :func:`planner.search.prices.price_curve` per group and op)."""
         layout = self.layout
-        key = (op, token, layout.dp, layout.tp, layout.pp, layout.cp, layout.ep, layout.order, size)
+        group_key = (op, token, layout.dp, layout.tp, layout.pp, layout.cp, layout.ep, layout.order)
+        key = (*group_key, size)
         if key not in self.prices:
-            group = self._group(token)
-            self.prices[key] = collective_time(Collective(op, group, size), self.cluster) if len(group) > 1 and size > 0 else 0.0
+            curve = self.prices.get(group_key)
+            if curve is None:
+                group = self._group(token)
+                curve = self.prices[group_key] = price_curve(op, group, self.cluster) if len(group) > 1 else PriceCurve(())
+            self.prices[key] = curve.seconds(size)
         return self.prices[key]
 
     @cached_property
