@@ -90,9 +90,11 @@ class LayoutCosts:
         key = (*group_key, size)
         if key not in self.prices:
             curve = self.prices.get(group_key)
-            if curve is None:
+            if curve is None:  # many degrees share a group (the first TP, CP or EP group is ranks 0..n-1)
                 group = self._group(token)
-                curve = self.prices[group_key] = price_curve(op, group, self.cluster) if len(group) > 1 else PriceCurve(())
+                if (op, group) not in self.prices:
+                    self.prices[op, group] = price_curve(op, group, self.cluster) if len(group) > 1 else PriceCurve(())
+                curve = self.prices[group_key] = self.prices[op, group]
             self.prices[key] = curve.seconds(size)
         return self.prices[key]
 
@@ -117,11 +119,13 @@ class LayoutCosts:
         return tuple(self._price(op, "dp-cp", GRAD_BYTES * u.dense_params) for u in self.units)
 
 
-def _stage_time(costs: LayoutCosts, units: tuple[int, ...], kind: str) -> float:
+def _stage_times(costs: LayoutCosts, units: tuple[int, ...]) -> dict[str, float]:
+    """Seconds of F, B and W of a stage holding ``units`` (cached per stage)."""
     cache = costs.__dict__.setdefault("_stage_cache", {})
-    if (units, kind) not in cache:
-        cache[units, kind] = sum(costs.passes[u][kind] for u in units)
-    return cache[units, kind]
+    found = cache.get(units)
+    if found is None:
+        found = cache[units] = {k: sum(costs.passes[u][k] for u in units) for k in ("F", "B", "W")}
+    return found
 
 
 def _tail(costs: LayoutCosts, held: set[int]) -> float:
@@ -169,7 +173,7 @@ def layout_bound(costs: LayoutCosts, layout: Layout, shape: ModelShape, *, fb_ov
     """Lower bounds of ``layout``'s step time and peak per-rank memory (``costs``: its units,
     from any layout with the same degrees, ZeRO stage, recompute and micro-batch size)."""
     stages = stage_units(layout, len(shape.layers))
-    times = [{k: _stage_time(costs, units, k) for k in ("F", "B", "W")} for units in stages]
+    times = [_stage_times(costs, units) for units in stages]
     before = list(accumulate((t["F"] for t in times[:-1]), initial=0.0))
     ranks = [_rank_time(costs, layout, stages, r, fb_overlap, times, before) for r in range(layout.pp)]
     total, compute, bubble, comm, tail = max(ranks)
