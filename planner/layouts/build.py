@@ -184,7 +184,9 @@ def build_layout_run(scenario: Scenario, layout: Layout, name: str = "", collect
     if collectives == "links":
         return _build(scenario, layout, name, priced=False)
     priced = _build(scenario, layout, name, priced=True)
-    if collectives == "priced" or link_events(priced, uncontended(priced.problem, priced.schedule)) > event_budget:
+    if collectives == "priced" or link_events(priced, frozenset(priced.schedule.collectives)) > event_budget:
+        return priced  # even with every call exact-priced, the phantom members alone are over budget
+    if link_events(priced, uncontended(priced.problem, priced.schedule)) > event_budget:
         return priced
     links = _build(scenario, layout, name, priced=False)
     return replace(links, schedule=price_calls(links.schedule, uncontended(links.problem, links.schedule)))
