@@ -48,7 +48,7 @@ from simulator.schedule import Schedule
 from simulator.shapes import ModelShape
 from simulator.yamlio import Section
 
-__all__ = ["FULL_REPLAY_DEVICES", "TP_REPLAY_TRANSFERS", "LayoutRun", "build_layout_run", "shape_of"]
+__all__ = ["FULL_REPLAY_DEVICES", "TP_REPLAY_TRANSFERS", "LayoutRun", "build_layout_run", "pipeline_schedule", "shape_of"]
 
 FULL_REPLAY_DEVICES = 16
 TP_REPLAY_TRANSFERS = 300_000
@@ -117,7 +117,7 @@ def _modes(units: tuple[Unit, ...], layout: Layout) -> tuple[str, int]:
     return ("replay" if transfers <= TP_REPLAY_TRANSFERS else "priced"), replicas
 
 
-def _pipeline(scenario: Scenario, layout: Layout) -> Schedule:
+def pipeline_schedule(scenario: Scenario, layout: Layout) -> Schedule:
     """The layout's pipeline schedule generated on a chain of ``layout.stages`` stages."""
     problem = scenario.problem
     chain = chain_graph(f"{scenario.name}-stages", layout.stages, {"F": 1.0, "B": 1.0, "W": 1.0})
@@ -156,8 +156,9 @@ def _graph(ctx: Context, operators: tuple[Operator, ...], name: str) -> Operator
     return OperatorGraph(name=name, operators=operators, edges=tuple(edges))
 
 
-def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> LayoutRun:
-    """The problem and schedule that replay ``layout`` on ``scenario``'s model and cluster."""
+def build_layout_run(scenario: Scenario, layout: Layout, name: str = "", pipeline: Schedule | None = None) -> LayoutRun:
+    """The problem and schedule that replay ``layout`` on ``scenario``'s model and cluster; ``pipeline``
+    (a stage-level schedule on the first ``pp`` devices) replaces the layout's built-in one."""
     shape = shape_of(scenario)
     units = model_units(scenario.problem.graph, shape, layout, scenario.problem.cluster.devices[0])
     tp_mode, replicas = _modes(units, layout)
@@ -166,7 +167,7 @@ def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> Layo
     if scenario.problem.workload.mode != "training" or tasks > MAX_TASKS:
         why = "layouts replay training steps" if tasks <= MAX_TASKS else f"{tasks:,} tasks to replay (at most {MAX_TASKS:,})"
         raise InputError(why, file=scenario.file or None, field="workload.mode" if tasks <= MAX_TASKS else "parallel")
-    pipeline = _pipeline(scenario, layout)
+    pipeline = pipeline or pipeline_schedule(scenario, layout)
     ctx = Context(layout, units, stage_units(layout, len(shape.layers)), scenario.problem.cluster.device_names, tp_mode,
                   replicas, pipeline, scenario.problem.cluster)
     cluster = scenario.problem.cluster
