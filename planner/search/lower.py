@@ -75,8 +75,10 @@ class _StageGraph(TaskGraph):
 
     @cached_property
     def arcs(self) -> tuple[Arc, ...]:
-        index, out = self.index, []
+        index, out, by_name = self.index, [], self.problem.graph.by_name
         for j, task in enumerate(self.tasks):
+            if by_name[task.op].stream == "comm":  # comm tasks wait only for their extra arcs
+                continue
             for dep in self.problem.dependencies(task):
                 i = index.get(dep.pred)
                 if i is not None:
