@@ -264,6 +264,8 @@ class LowerOutcome:
     model_bound: float  # the stage model's lower bound (critical path, stream load, solver bound)
     seconds: float
     note: str = ""
+    #: The lower level's stage-level schedule (on the first ``pp`` devices, as the layout replay names them).
+    pipeline: Schedule | None = None
 
     @property
     def kept(self) -> bool:
@@ -295,8 +297,9 @@ def improve_layout(scenario: Scenario, layout: Layout, *, time_limit: float, war
     if lower.source == "warm start" or lower.makespan >= warm_span - 1e-12:
         return LowerOutcome(layout, warm.step, warm.step, None, lower.source, warm_span, lower.makespan, lower.lower_bound,
                             time.monotonic() - began, "the built-in order is the lower level's best")
-    result = replay_pipeline(at_size, layout, _as_pipeline(model, lower.order), f"{warm.name} (lower level)")
+    pipeline = _as_pipeline(model, lower.order)
+    result = replay_pipeline(at_size, layout, pipeline, f"{warm.name} (lower level)")
     kept = result if not result.note and result.step < warm.step * (1 - 1e-9) else None
     note = "" if kept else (result.note or "its replay is no faster than the built-in's")
     return LowerOutcome(layout, warm.step, result.step, kept, lower.source, warm_span, lower.makespan, lower.lower_bound,
-                        time.monotonic() - began, note)
+                        time.monotonic() - began, note, pipeline)
