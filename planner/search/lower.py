@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from planner.layouts.build import build_layout_run, pipeline_schedule, shape_of
 from planner.layouts.step import StepResult, step_result
 from planner.mip.lower import LowerLevelResult, ScheduleSettings, solve_schedule
+from planner.schedules import SCHEDULES
 from planner.search.bounds import LayoutCosts, static_bytes
 from planner.search.context import with_micro_batch_size
 from planner.taskgraph import Arc, TaskGraph
@@ -92,10 +93,13 @@ class StageModel:
     """One pipeline replica's stage problem, its built-in order, and where its ranks are."""
 
     graph: _StageGraph
+    #: The warm start: the order of the shortest built-in schedule with the layout's placement
+    #: that fits in memory (the layout's own when none does), and its name.
     warm: dict[tuple[str, str], list[int]]
+    warm_name: str
     #: Real device of each pipeline rank -> the device the stage-level schedule names it by.
     generator: dict[str, str]
-    builtin: Schedule
+    limits: dict[str, float]
 
 
 def _price(scenario: Scenario, layout: Layout, op: str, token: str, rank: int, size: float) -> float:
@@ -211,7 +215,43 @@ def stage_model(scenario: Scenario, layout: Layout) -> StageModel:
         extra += arcs
     stage_graph = _StageGraph(problem, device_of, tuple(kept), tuple(extra))
     generator = {real[r]: names[r] for r in held}
-    return StageModel(stage_graph, _warm_order(stage_graph, builtin, generator), generator, builtin)
+    limits = {d: cluster.by_name[d].memory_bytes for d in stage_graph.devices}
+    warm = _warm_order(stage_graph, builtin, generator)
+    name, order = min(_same_placement(scenario, layout, stage_graph, generator, limits),
+                      key=lambda found: found[2], default=(layout.schedule, warm, math.inf))[:2]
+    return StageModel(stage_graph, order, name, generator, limits)
+
+
+def _same_placement(scenario: Scenario, layout: Layout, graph: _StageGraph, generator: dict[str, str],
+                    limits: dict[str, float]) -> list[tuple[str, dict, float]]:
+    """(name, order, stage-model makespan) of every built-in schedule that places the stages as
+    ``layout``'s own does (1F1B, ZB-H1, ZB-H2 and GPipe share a chain) and fits in memory."""
+    out = []
+    for name in SCHEDULES:
+        try:
+            builtin = pipeline_schedule(scenario, replace(layout, schedule=name))
+        except (OpplanError, ValueError):
+            continue
+        placement = builtin.placement()
+        compute = [t for t in graph.tasks if t.op.startswith("s")]
+        if len(placement) != len(compute) or any(placement.get(t) != generator[graph.device_of[t]] for t in compute):
+            continue
+        order = _warm_order(graph, builtin, generator)
+        if _within_memory(graph, order, limits):
+            out.append((name, order, graph.makespan(graph.left_shift(order))))
+    return out
+
+
+def _within_memory(graph: _StageGraph, order, limits: dict[str, float]) -> bool:
+    """Each device's bytes, its compute stream run in ``order``, stay within its limit."""
+    delta = graph.memory_delta()
+    for (device, _), members in order.items():
+        level = graph.static_memory[device]
+        for t in members:
+            if level + delta[t][0] > limits[device] * (1 + 1e-9):
+                return False
+            level += delta[t][0] - delta[t][1]
+    return True
 
 
 def _warm_order(graph: _StageGraph, builtin: Schedule, generator: dict[str, str]) -> dict[tuple[str, str], list[int]]:
@@ -258,12 +298,13 @@ class LowerOutcome:
     warm_step: float  # replayed step with the built-in schedule
     step: float  # replayed step with the lower level's order (inf: none found or refused)
     result: StepResult | None  # that replay, when it is shorter than the built-in's and within memory
-    engine: str  # which engine found the order: "warm start", "cp-sat", "mip neighbourhood search", "mip"
-    model_warm: float  # the stage model's makespan of the built-in order
+    engine: str  # which engine found the order: "cp-sat", "mip neighbourhood search", "mip" or "warm start (<built-in> order)"
+    model_warm: float  # the stage model's makespan of the warm start
     model_makespan: float
     model_bound: float  # the stage model's lower bound (critical path, stream load, solver bound)
     seconds: float
     note: str = ""
+    warm_name: str = ""  # the built-in schedule whose order was the warm start
     #: The lower level's stage-level schedule (on the first ``pp`` devices, as the layout replay names them).
     pipeline: Schedule | None = None
 
@@ -288,18 +329,20 @@ def improve_layout(scenario: Scenario, layout: Layout, *, time_limit: float, war
         model = stage_model(at_size, layout)
         warm_span = model.graph.makespan(model.graph.left_shift(model.warm))
         chosen = settings or ScheduleSettings(time_limit=max(time_limit, 0.0))
-        lower: LowerLevelResult = solve_schedule(model.graph, chosen, warm_order=model.warm,
-                                                 memory_limit={d: at_size.problem.cluster.by_name[d].memory_bytes
-                                                               for d in model.graph.devices})
+        lower: LowerLevelResult = solve_schedule(model.graph, chosen, warm_order=model.warm, memory_limit=model.limits)
     except OpplanError as exc:
         return LowerOutcome(layout, warm.step, math.inf, None, "none", math.nan, math.nan, math.nan,
                             time.monotonic() - began, f"lower level refused: {exc}")
-    if lower.source == "warm start" or lower.makespan >= warm_span - 1e-12:
-        return LowerOutcome(layout, warm.step, warm.step, None, lower.source, warm_span, lower.makespan, lower.lower_bound,
-                            time.monotonic() - began, "the built-in order is the lower level's best")
-    pipeline = _as_pipeline(model, lower.order)
+    improved = lower.source != "warm start" and lower.makespan < warm_span - 1e-12
+    engine = lower.source if improved else f"warm start ({model.warm_name} order)"
+    done = dict(model_warm=warm_span, model_makespan=lower.makespan if improved else warm_span, model_bound=lower.lower_bound,
+                warm_name=model.warm_name)
+    if not improved and model.warm_name == layout.schedule:
+        return LowerOutcome(layout, warm.step, warm.step, None, engine, seconds=time.monotonic() - began,
+                            note="the built-in order is the lower level's best", **done)
+    pipeline = _as_pipeline(model, lower.order if improved else model.warm)
     result = replay_pipeline(at_size, layout, pipeline, f"{warm.name} (lower level)")
     kept = result if not result.note and result.step < warm.step * (1 - 1e-9) else None
     note = "" if kept else (result.note or "its replay is no faster than the built-in's")
-    return LowerOutcome(layout, warm.step, result.step, kept, lower.source, warm_span, lower.makespan, lower.lower_bound,
-                        time.monotonic() - began, note, pipeline)
+    return LowerOutcome(layout, warm.step, result.step, kept, engine, seconds=time.monotonic() - began, note=note,
+                        pipeline=pipeline, **done)
