@@ -157,6 +157,8 @@ def _comm_ops(scenario: Scenario, layout: Layout, costs: LayoutCosts, stages, he
         rank = layout.rank_of(pp=r)
         for k in sorted(mine):
             members = [costs.units[u] for u in stages[k]]
+            if not members:
+                continue
             if reduce:
                 seconds = _reduce_seconds(scenario, layout, members, rank)
                 out.append((Operator(f"dp.s{k}.r{r}", measured={"*": {"W": seconds}}, stream="comm"), r, k, "reduce"))
@@ -202,7 +204,10 @@ def stage_model(scenario: Scenario, layout: Layout) -> StageModel:
         held.setdefault(r, set()).add(int(task.op[1:]))
     compute = _compute_ops(scenario, layout, costs, stages, held)
     families = _comm_ops(scenario, layout, costs, stages, held)
-    edges = tuple(Edge(f"s{k}", f"s{k + 1}", costs.units[stages[k][-1]].stream_bytes) for k in range(len(stages) - 1))
+    flat = [u for units in stages for u in units]
+    sent = [costs.units[flat[sum(map(len, stages[:k + 1])) - 1]].stream_bytes if sum(map(len, stages[:k + 1])) else 0.0
+            for k in range(len(stages) - 1)]  # the residual stream out of the last unit so far (a stage may hold none)
+    edges = tuple(Edge(f"s{k}", f"s{k + 1}", sent[k]) for k in range(len(stages) - 1))
     graph = OperatorGraph(f"{scenario.name}-stages", tuple(compute + [f[0] for f in families]), edges)
     problem = Problem(graph, cluster, Workload(layout.micro_batches, fb_overlap=scenario.problem.workload.fb_overlap))
     real = {r: names[layout.rank_of(pp=r)] for r in held}
