@@ -121,7 +121,8 @@ def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, w
                 "megatron": megatron_arguments(best.layout, layers), "engine": best.engine}
     if best.lower is not None:  # the order is the plan's: Megatron's flags cannot say it
         document["built_in_step_s"] = best.lower.warm_step
-        document["pipeline_order"] = {device: [str(task) for entry in entries for task in entry.tasks]
+        names = scenario.problem.cluster.device_names  # the stage-level schedule names pipeline rank r by device r
+        document["pipeline_order"] = {f"pp_rank_{names.index(device)}": [str(task) for entry in entries for task in entry.tasks]
                                       for device, entries in best.lower.pipeline.devices.items()}
     if output is not None:
         wrote(write_output(output, json.dumps(document, indent=1, default=str) + "\n", inputs=[scenario_path], option="--output"))
