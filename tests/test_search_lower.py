@@ -158,3 +158,16 @@ def test_the_search_iterating_with_the_lower_level_returns_a_clean_plan_within_i
     pipeline = best.lower.pipeline if best.lower is not None else None
     again = replay_pipeline(scenario, best.layout, pipeline)
     assert again.note == "" and again.step == pytest.approx(best.result.step, rel=1e-12)
+
+
+def test_zero3_gathers_when_modelled_precede_their_pass_overlapping_all_but_the_first_unit(pipe):
+    layout = Layout(pp=2, dp=2, zero=3, global_batch_size=8, schedule="zb-h1")
+    assert not any(t.op.startswith("ag.") for t in stage_model(pipe, layout).graph.tasks)  # off by default
+    graph = stage_model(pipe, layout, gathers=True).graph
+    gathers = [i for i, t in enumerate(graph.tasks) if t.op.startswith("ag.")]
+    assert len(gathers) == 2 * layout.micro_batches * 2  # per stage, micro-batch, F and B
+    for i in gathers:
+        (arc,) = graph.succs[i]
+        task, target = graph.tasks[i], graph.tasks[arc.dst]
+        assert (target.mb, target.kind) == (task.mb, task.kind) and target.op == task.op.split(".")[1]
+        assert -graph.duration[i] < arc.lag < 0  # the pass starts once its first unit's weights are in
