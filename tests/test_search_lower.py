@@ -16,8 +16,8 @@ import pytest
 
 from planner.layouts.build import build_layout_run
 from planner.mip.lower import ScheduleSettings, solve_schedule
+from planner.search.context import with_micro_batch_size
 from planner.search.lower import improve_layout, replay_pipeline, stage_model
-from planner.search.search import search_layouts
 from simulator.engine import replay
 from simulator.layout import Layout
 from simulator.scenario import scenario_from_dict
@@ -141,23 +141,37 @@ def test_dp_reductions_wait_for_every_w_of_their_stage(pipe):
         assert graph.duration[i] > 0 and graph.device_stream[i][1] == "comm"
 
 
-def test_the_search_iterating_with_the_lower_level_returns_a_clean_plan_within_its_time_limit():
+def test_the_search_iterating_with_the_lower_level_returns_a_clean_plan_within_its_time_limit(tmp_path):
+    """``opplan plan -o``: within the time limit, the lower level ran, and the plan written — layout and,
+    when the lower level ordered it, its pipeline order — replays without violations at the step printed."""
+    import json
+
+    import yaml
+
+    from opplan.cli import main
+    from simulator.problem import parse_task
+    from simulator.schedule import Entry, Schedule
     doc = copy.deepcopy(DOC)
     doc["cluster"]["interconnect"]["bandwidth_GBps"] = 10  # data parallelism costs: a pipeline (DualPipe) wins
     doc["workload"]["micro_batches"] = 4
     doc["parallel"] = {"dp": 4, "global_batch_size": 16}
-    scenario = scenario_from_dict(doc, "pipe.yaml")
+    path, out = tmp_path / "pipe.yaml", tmp_path / "plan.json"
+    path.write_text(yaml.safe_dump(doc))
     started = time.monotonic()
-    found = search_layouts(scenario, time_limit=20)
+    assert main(["plan", str(path), "--time-limit", "20", "-o", str(out)]) == 0
     assert time.monotonic() - started <= 20 * 1.1
-    assert found.best is not None and found.best.feasible
-    assert found.lower  # pipeline layouts could beat the incumbent: the lower level ran
-    assert found.best.engine == "built-in schedule" or found.best.engine.startswith("lower level: ")
-    assert found.lower_bound <= found.best.result.step * (1 + 1e-12)
-    best = found.best
-    pipeline = best.lower.pipeline if best.lower is not None else None
-    again = replay_pipeline(scenario, best.layout, pipeline)
-    assert again.note == "" and again.step == pytest.approx(best.result.step, rel=1e-12)
+    plan = json.loads(out.read_text())
+    assert plan["lower_level"]  # pipeline layouts could beat the incumbent: the lower level ran
+    assert plan["lower_bound_s"] <= plan["step_s"] * (1 + 1e-12)
+    assert plan["engine"] == "built-in schedule" or plan["engine"].startswith("lower level: ")
+    names = [f"gpu{i}" for i in range(4)]
+    order = plan.get("pipeline_order")
+    pipeline = Schedule({names[int(rank.rsplit("_", 1)[1])]: tuple(Entry((parse_task(t),)) for t in tasks)
+                         for rank, tasks in order.items()}) if order else None
+    layout = Layout(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan["layout"].items() if k != "recompute_ranges"})
+    scenario = scenario_from_dict(doc, str(path))
+    again = replay_pipeline(with_micro_batch_size(scenario, layout.micro_batch_size), layout, pipeline)
+    assert again.note == "" and again.step == pytest.approx(plan["step_s"], rel=1e-12)
 
 
 def test_zero3_gathers_when_modelled_precede_their_pass_overlapping_all_but_the_first_unit(pipe):

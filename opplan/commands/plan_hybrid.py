@@ -121,7 +121,10 @@ def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, w
     console.print(parallel_block(best.layout), highlight=False, markup=False)
     document = {"layout": asdict(best.layout), "step_s": best.result.step,
                 "lower_bound_s": result.lower_bound, "certified": result.certified, "deepspeed": deepspeed_config(best.layout),
-                "megatron": megatron_arguments(best.layout, layers), "engine": best.engine}
+                "megatron": megatron_arguments(best.layout, layers), "engine": best.engine,
+                "lower_level": [{"layout": describe_layout(o.layout), "micro_batch_size": o.layout.micro_batch_size,
+                                 "built_in_step_s": o.warm_step, "step_s": o.step if o.kept else None, "engine": o.engine,
+                                 "seconds": o.seconds} for o in result.lower]}
     if best.lower is not None:  # the order is the plan's: Megatron's flags cannot say it
         document["built_in_step_s"] = best.lower.warm_step
         names = scenario.problem.cluster.device_names  # the stage-level schedule names pipeline rank r by device r
