@@ -177,13 +177,13 @@ def _comm_ops(scenario: Scenario, layout: Layout, costs: LayoutCosts, stages, he
                 seconds = _reduce_seconds(scenario, layout, members, rank)
                 out.append((Operator(f"dp.s{k}.r{r}", measured={"*": {"W": seconds}}, stream="comm"), r, k, "reduce"))
             if gathers and layout.zero == 3 and layout.dp * layout.cp > 1:
-                gathers = _gather_seconds(scenario, layout, members, rank)
-                op = Operator(f"ag.s{k}.r{r}", measured={"*": {"F": sum(gathers), "B": sum(gathers)}}, stream="comm")
-                out.append((op, r, k, ("gather", sum(gathers) - gathers[0], sum(gathers) - gathers[-1])))
+                each = _gather_seconds(scenario, layout, members, rank)
+                op = Operator(f"ag.s{k}.r{r}", measured={"*": {"F": sum(each), "B": sum(each)}}, stream="comm")
+                out.append((op, r, k, ("gather", sum(each) - each[0], sum(each) - each[-1])))
     return out
 
 
-def _comm_tasks(family: tuple, problem: Problem, placed: dict[Task, int], zero: int) -> tuple[list[Task], list[tuple]]:
+def _comm_tasks(family: tuple, placed: dict[Task, int], zero: int) -> tuple[list[Task], list[tuple]]:
     """The kept tasks of one comm family and their extra arcs (src, dst, lag)."""
     op, r, k, what = family
     mbs = sorted({t.mb for t, rank in placed.items() if rank == r and t.op == f"s{k}" and t.kind == "F"})
@@ -230,7 +230,7 @@ def stage_model(scenario: Scenario, layout: Layout, *, gathers: bool = False) ->
     kept, extra = [t for t in problem.tasks() if t in placed], []
     for family in families:
         device_of.update({t: real[family[1]] for t in problem.tasks() if t.op == family[0].name})
-        tasks, arcs = _comm_tasks(family, problem, placed, layout.zero)
+        tasks, arcs = _comm_tasks(family, placed, layout.zero)
         kept += tasks
         extra += arcs
     stage_graph = _StageGraph(problem, device_of, tuple(kept), tuple(extra))
