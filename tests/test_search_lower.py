@@ -185,3 +185,30 @@ def test_zero3_gathers_when_modelled_precede_their_pass_overlapping_all_but_the_
         task, target = graph.tasks[i], graph.tasks[arc.dst]
         assert (target.mb, target.kind) == (task.mb, task.kind) and target.op == task.op.split(".")[1]
         assert -graph.duration[i] < arc.lag < 0  # the pass starts once its first unit's weights are in
+
+
+def test_every_sampled_pipeline_layout_of_the_space_gets_a_stage_model_whose_warm_start_runs(pipe):
+    """A sample of the space's pipeline layouts (every schedule, ZeRO stage, micro-batch size): the
+    stage model builds, its warm start left-shifts without deadlock and is no shorter than its bound,
+    and each stage's passes cost what its units do."""
+    from planner.search.context import SearchContext
+    from planner.search.space import enumerate_layouts
+    from simulator.errors import InputError
+    from simulator.hybrid import stage_units
+    ctx = SearchContext(pipe)
+    layouts = [layout for layout in enumerate_layouts(ctx.space, ctx.shape) if layout.pp > 1][::7]
+    assert {layout.schedule for layout in layouts} >= {"1f1b", "interleaved-1f1b", "zb-h1", "dualpipe", "dualpipev"}
+    built = 0
+    for layout in layouts:
+        try:
+            model = stage_model(ctx.scenario_for(layout), layout)
+        except InputError:  # the schedule's generator refuses the layout (too few micro-batches): never replayed
+            continue
+        built += 1
+        graph = model.graph
+        assert graph.makespan(graph.left_shift(model.warm)) >= graph.lower_bound * (1 - 1e-9), layout
+        costs = ctx.costs(layout)
+        for k, units in enumerate(stage_units(layout, len(ctx.shape.layers))):
+            expected = sum(costs.passes[u]["F"] for u in units)
+            assert graph.duration[graph.index[(f"s{k}", 0, "F")]] == pytest.approx(expected, rel=1e-12), layout
+    assert built >= len(layouts) // 2

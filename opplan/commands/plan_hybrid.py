@@ -51,7 +51,7 @@ def print_search(result: SearchResult, console: Console) -> None:
 def lower_lines(result: SearchResult) -> list[str]:
     """The lower level's runs, and which engine ordered the plan."""
     if not result.lower:
-        return []
+        return list(result.messages)
     kept = [o for o in result.lower if o.kept]
     lines = [f"lower level (stage scheduling MIP: OR-Tools CP-SAT + CVXPY/HiGHS, warm-started by the built-in schedule) on"
              f" {len(result.lower)} pipeline layouts, {len(kept)} replayed faster than their built-in schedule:"]
@@ -62,7 +62,7 @@ def lower_lines(result: SearchResult) -> list[str]:
                      f" {o.model_bound * 1e3:.1f} ms; {o.seconds:.1f} s")
     if result.best is not None:
         lines.append(f"the plan's pipeline order: {result.best.engine}")
-    return lines
+    return lines + list(result.messages)
 
 
 #: Seconds kept back from the search for printing the plan and leaving the process.

@@ -239,7 +239,11 @@ def _run_lower(state: _State, item: Replayed, margin: float, log: Callable[[str]
     solve = min(left, LOWER_SHARE * state.limit, max(2 * LOWER_MIN_SECONDS, LOWER_SECONDS_PER_TASK * tasks))
     if solve < LOWER_MIN_SECONDS:
         return
-    outcome = improve_layout(state.ctx.scenario_for(item.layout), item.layout, time_limit=solve, warm=item.result)
+    try:
+        outcome = improve_layout(state.ctx.scenario_for(item.layout), item.layout, time_limit=solve, warm=item.result)
+    except Exception as exc:  # noqa: BLE001 — an improver's failure must not cost the user the plan already found
+        state.out.messages.append(f"lower level failed on {item.result.layout}: {type(exc).__name__}: {exc}")
+        return
     state.out.lower.append(outcome)
     if log:
         log(f"lower level on {item.result.layout} (mbs {item.layout.micro_batch_size}): {_describe(outcome)}")
