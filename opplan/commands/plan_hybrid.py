@@ -116,8 +116,8 @@ def plan_hybrid(scenario: Scenario, scenario_path: Path, *, time_limit: float, w
     console.print("Megatron-LM (a starting point to check on the cluster):", highlight=False)
     console.print("  " + " \\\n  ".join(megatron_arguments(best.layout, layers)), highlight=False, markup=False)
     if best.lower is not None:
-        console.print(f"  # pipeline order: the lower level's ({best.engine}), not a built-in schedule: -o writes it as"
-                      " pipeline_order, per pipeline rank", highlight=False, markup=False)
+        console.print(f"  # pipeline order from opplan's {best.engine}, not the built-in {best.layout.schedule}: -o writes it"
+                      " as pipeline_order, per pipeline rank", highlight=False, markup=False)
     console.print(parallel_block(best.layout), highlight=False, markup=False)
     document = {"layout": asdict(best.layout), "step_s": best.result.step,
                 "lower_bound_s": result.lower_bound, "certified": result.certified, "deepspeed": deepspeed_config(best.layout),
