@@ -153,8 +153,6 @@ def test_the_search_iterating_with_the_lower_level_returns_a_clean_plan_within_i
     from simulator.schedule import Entry, Schedule
     doc = copy.deepcopy(DOC)
     doc["cluster"]["interconnect"]["bandwidth_GBps"] = 10  # data parallelism costs: a pipeline (DualPipe) wins
-    doc["workload"]["micro_batches"] = 4
-    doc["parallel"] = {"dp": 4, "global_batch_size": 16}
     path, out = tmp_path / "pipe.yaml", tmp_path / "plan.json"
     path.write_text(yaml.safe_dump(doc))
     started = time.monotonic()
