@@ -105,7 +105,7 @@ def _own_order(scenario, layout, model):
 def test_cp_sat_improves_interleaved_and_dualpipev_orders_and_their_replays(pipe):
     for layout in (Layout(pp=2, dp=2, vpp=2, global_batch_size=8, schedule="interleaved-1f1b", zero=1),
                    Layout(pp=2, dp=2, global_batch_size=8, schedule="dualpipev")):
-        outcome = improve_layout(pipe, layout, time_limit=3, settings=ScheduleSettings(time_limit=3, cpsat_workers=2))
+        outcome = improve_layout(pipe, layout, time_limit=8, settings=ScheduleSettings(time_limit=8, cpsat_workers=2))
         assert outcome.model_makespan < outcome.model_warm * (1 - 1e-3), layout.schedule
         assert outcome.kept and outcome.step < outcome.warm_step, layout.schedule
 
