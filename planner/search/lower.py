@@ -36,6 +36,10 @@ contention (transfers are lags, not link occupancy: on slow links the model is
 optimistic), the optimizer step and ZeRO-1/2 weight gather after the last task, and
 unit-level memory.
 
+**Warm start**: the shortest order, in this model, among the built-in schedules that place
+the stages as the layout's own does and fit in memory (1F1B, ZB-H1, ZB-H2 and GPipe share a
+chain, so a 1F1B layout may start from ZB-H2's order; the output names it).
+
 **Engines**: :func:`planner.mip.lower.solve_schedule` (CP-SAT as primal heuristic, then the
 CVXPY + HiGHS MIP for the bound); when that MIP is too large for the time given (its own
 guard: e.g. 128 micro-batches on 8 virtual stages), CP-SAT alone
