@@ -63,6 +63,7 @@ from planner.mip.lower import LowerLevelResult, ScheduleSettings, solve_schedule
 from planner.schedules import SCHEDULES
 from planner.search.bounds import LayoutCosts, static_bytes
 from planner.search.context import with_micro_batch_size
+from planner.search.evaluate import SEARCH_REPLAY_EVENTS
 from planner.taskgraph import Arc, TaskGraph
 from simulator.collectives import Collective, collective_time
 from simulator.engine import replay
@@ -309,8 +310,9 @@ def _as_pipeline(model: StageModel, order) -> Schedule:
 
 
 def replay_pipeline(scenario: Scenario, layout: Layout, pipeline: Schedule | None, name: str = "") -> StepResult:
-    """One replayed step of ``layout`` with ``pipeline`` as its stage-level schedule (None: the built-in)."""
-    run = build_layout_run(scenario, layout, name, pipeline=pipeline)
+    """One replayed step of ``layout`` with ``pipeline`` as its stage-level schedule (None: the built-in),
+    in the search's collective mode so the warm and improved steps compare like for like."""
+    run = build_layout_run(scenario, layout, name, pipeline=pipeline, event_budget=SEARCH_REPLAY_EVENTS)
     return step_result(run, replay(run.problem, run.schedule), name or "lower level")
 
 
