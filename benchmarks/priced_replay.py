@@ -57,11 +57,19 @@ DEEPSEEK_V3 = {
 
 
 def _timed(scenario, layout, mode: str):
-    """(step result, CPU seconds, link events) of one build + replay + report."""
+    """(step result, CPU seconds, link events, the run) of one build + replay + report."""
     began = time.process_time()
     run = build_layout_run(scenario, layout, "x", collectives=mode)
     result = step_result(run, replay(run.problem, run.schedule), "x")
-    return result, time.process_time() - began, link_events(run)
+    return result, time.process_time() - began, link_events(run), run
+
+
+def _auto(run) -> str:
+    """What ``auto`` chose: priced, or links with how many calls priced exactly (uncontended)."""
+    calls = run.schedule.collectives.values()
+    if run.collectives == "priced":
+        return "priced"
+    return f"links ({sum(c.priced for c in calls)}/{len(calls)} exact-priced)"
 
 
 def _diff(priced: float, links: float) -> str:
@@ -69,17 +77,20 @@ def _diff(priced: float, links: float) -> str:
 
 
 def speed_table() -> None:
-    print("| layout | devices | link events | links: CPU s | priced: CPU s | speed-up | links step s | priced step s | priced - links |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| layout | devices | link events | links: CPU s | priced: CPU s | speed-up | links step s | priced step s | priced - links"
+          " | auto | auto CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     llama = load_scenario(ROOT / "scenarios" / "llama70b-32xh100.yaml")
     cases = [(f"LLaMA-2-70B {name}", llama, replace(llama.parallel, **change)) for name, change in SEARCHED_70B.items()]
     deepseek = scenario_from_dict(DEEPSEEK_V3, ROOT / "scenarios" / "deepseek-v3-2048xh800.yaml")
     cases.append(("DeepSeek-V3 dp128 pp16 ep64 zero1 dualpipe (published)", deepseek, deepseek.parallel))
     for label, scenario, layout in cases:
-        links, links_s, events = _timed(scenario, layout, "links")
-        priced, priced_s, _ = _timed(scenario, layout, "priced")
+        links, links_s, events, _ = _timed(scenario, layout, "links")
+        priced, priced_s, _, _ = _timed(scenario, layout, "priced")
+        _, auto_s, _, auto = _timed(scenario, layout, "auto")
         print(f"| {label} | {layout.world_size} | {events:,} | {links_s:.2f} | {priced_s:.2f} | {links_s / priced_s:.1f}x |"
-              f" {links.step:.3f} | {priced.step:.3f} | {_diff(priced.step, links.step)} |", flush=True)
+              f" {links.step:.3f} | {priced.step:.3f} | {_diff(priced.step, links.step)} | {_auto(auto)} | {auto_s:.2f} |",
+              flush=True)
 
 
 def _layouts(scenario, search_seconds: float) -> dict[str, object]:
@@ -99,8 +110,8 @@ def accuracy_table(search_seconds: float) -> None:
         scenario = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
         for label, layout in _layouts(scenario, search_seconds).items():
             at_mbs = with_micro_batch_size(scenario, layout.micro_batch_size)
-            links, links_s, _ = _timed(at_mbs, layout, "links")
-            priced, priced_s, _ = _timed(at_mbs, layout, "priced")
+            links, links_s, _, _ = _timed(at_mbs, layout, "links")
+            priced, priced_s, _, _ = _timed(at_mbs, layout, "priced")
             note = f" ({links.note})" if links.note else ""
             print(f"| {name} | {label}{note} | {links.step * 1e3:.1f} | {priced.step * 1e3:.1f} |"
                   f" {_diff(priced.step, links.step)} | {links_s:.2f} | {priced_s:.2f} |", flush=True)

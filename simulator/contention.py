@@ -21,7 +21,7 @@ from dataclasses import replace
 from simulator.cluster import Cluster
 from simulator.collectives import Collective, collective_steps
 from simulator.problem import Problem
-from simulator.schedule import CollectiveCall, Schedule
+from simulator.schedule import Entry, Schedule
 
 __all__ = ["price_calls", "uncontended"]
 
@@ -60,21 +60,22 @@ def _pipeline_links(problem: Problem, schedule: Schedule) -> set[str]:
 def uncontended(problem: Problem, schedule: Schedule) -> frozenset[str]:
     """Names of the schedule's collectives whose price is exactly what their link replay takes."""
     cluster = problem.cluster
-    if cluster.ideal_interconnect:
-        return frozenset(schedule.collectives)
     calls = schedule.collectives
-    links: dict[Collective, frozenset[str] | None] = {}
+    if cluster.ideal_interconnect:
+        return frozenset(calls)
+    by_class: dict[tuple[str, Collective], list[str]] = {}  # calls alike share one analysis
+    for name, call in calls.items():
+        by_class.setdefault((call.stream, call.collective), []).append(name)
+    links = {key: _links(key[1], cluster) for key in by_class}
     users: dict[str, set] = {}
-    for call in calls.values():
-        c = call.collective
-        if c not in links:
-            links[c] = _links(c, cluster)
-        for link in links[c] or ():
-            users.setdefault(link, set()).add((call.stream, c.group))
+    for (stream, c), used in links.items():
+        for link in used or ():
+            users.setdefault(link, set()).add((stream, c.group))
     for link in _pipeline_links(problem, schedule):
         users.setdefault(link, set()).add("pipeline")
-    return frozenset(name for name, call in calls.items() if links[call.collective] is not None
-                     and all(users[link] == {(call.stream, call.collective.group)} for link in links[call.collective]))
+    free = [key for key, used in links.items()
+            if used is not None and all(users[link] == {(key[0], key[1].group)} for link in used)]
+    return frozenset(name for key in free for name in by_class[key])
 
 
 def price_calls(schedule: Schedule, names: Iterable[str]) -> Schedule:
@@ -82,15 +83,16 @@ def price_calls(schedule: Schedule, names: Iterable[str]) -> Schedule:
     names = frozenset(names)
     if not names:
         return schedule
-    priced: dict[str, CollectiveCall] = {}
+    priced: dict[str, Entry] = {}  # one entry per call, shared by its members (entries are immutable)
 
-    def swap(entry):
+    def swap(entry: Entry) -> Entry:
         call = entry.collective
         if call is None or call.name not in names:
             return entry
-        if call.name not in priced:
-            priced[call.name] = replace(call, priced=True)
-        return replace(entry, collective=priced[call.name])
+        found = priced.get(call.name)
+        if found is None:
+            found = priced[call.name] = Entry((), collective=replace(call, priced=True))
+        return found
 
     devices = {device: tuple(swap(e) for e in entries) for device, entries in schedule.devices.items()}
     return Schedule(devices=devices, name=schedule.name, meta=schedule.meta)

@@ -76,7 +76,7 @@ def _simulate_layout(loaded, scenario: Path, *, json_path: Path | None, trace_pa
     from planner.layouts.compare import render_layout_rows
     from planner.layouts.step import describe_layout, step_result
 
-    run = build_layout_run(loaded, loaded.parallel, "scenario", collectives)
+    run = build_layout_run(loaded, loaded.parallel, "scenario", collectives=collectives)
     timeline = replay(run.problem, run.schedule)
     how = "replayed ranks" + (", collectives priced" if run.collectives == "priced" else "")
     print_report(build_report(timeline), title=f"{loaded.name}: layout {describe_layout(loaded.parallel)} ({how})")

@@ -61,7 +61,7 @@ from simulator.shapes import ModelShape
 from simulator.yamlio import Section
 
 __all__ = ["COLLECTIVE_MODES", "FULL_REPLAY_DEVICES", "LINK_REPLAY_EVENTS", "TP_REPLAY_TRANSFERS", "LayoutRun",
-           "build_layout_run", "link_events", "shape_of"]
+           "build_layout_run", "link_events", "pipeline_schedule", "shape_of"]
 
 FULL_REPLAY_DEVICES = 16
 TP_REPLAY_TRANSFERS = 300_000
@@ -136,7 +136,7 @@ def _modes(units: tuple[Unit, ...], layout: Layout) -> tuple[str, int]:
     return ("replay" if transfers <= TP_REPLAY_TRANSFERS else "priced"), replicas
 
 
-def _pipeline(scenario: Scenario, layout: Layout) -> Schedule:
+def pipeline_schedule(scenario: Scenario, layout: Layout) -> Schedule:
     """The layout's pipeline schedule generated on a chain of ``layout.stages`` stages."""
     problem = scenario.problem
     chain = chain_graph(f"{scenario.name}-stages", layout.stages, {"F": 1.0, "B": 1.0, "W": 1.0})
@@ -175,18 +175,21 @@ def _graph(ctx: Context, operators: tuple[Operator, ...], name: str) -> Operator
     return OperatorGraph(name=name, operators=operators, edges=tuple(edges))
 
 
-def build_layout_run(scenario: Scenario, layout: Layout, name: str = "", collectives: str = "auto",
-                     event_budget: float = LINK_REPLAY_EVENTS) -> LayoutRun:
-    """The problem and schedule that replay ``layout`` on ``scenario``'s model and cluster, with
-    its collectives on links or priced (``collectives``: ``auto``, ``links``, ``priced``)."""
+def build_layout_run(scenario: Scenario, layout: Layout, name: str = "", pipeline: Schedule | None = None,
+                     collectives: str = "auto", event_budget: float = LINK_REPLAY_EVENTS) -> LayoutRun:
+    """The problem and schedule that replay ``layout`` on ``scenario``'s model and cluster; ``pipeline``
+    (a stage-level schedule on the first ``pp`` devices) replaces the layout's built-in one; its
+    collectives on links or priced (``collectives``: ``auto``, ``links``, ``priced``)."""
     if collectives not in COLLECTIVE_MODES:
         raise ValueError(f"collectives must be one of {COLLECTIVE_MODES}, not {collectives!r}")
     if collectives == "links":
-        return _build(scenario, layout, name, priced=False)
-    priced = _build(scenario, layout, name, priced=True)
-    if collectives == "priced" or link_events(priced, uncontended(priced.problem, priced.schedule)) > event_budget:
+        return _build(scenario, layout, name, pipeline, priced=False)
+    priced = _build(scenario, layout, name, pipeline, priced=True)
+    if collectives == "priced" or link_events(priced, frozenset(priced.schedule.collectives)) > event_budget:
+        return priced  # even with every call exact-priced, the phantom members alone are over budget
+    if link_events(priced, uncontended(priced.problem, priced.schedule)) > event_budget:
         return priced
-    links = _build(scenario, layout, name, priced=False)
+    links = _build(scenario, layout, name, pipeline, priced=False)
     return replace(links, schedule=price_calls(links.schedule, uncontended(links.problem, links.schedule)))
 
 
@@ -213,7 +216,7 @@ def link_events(run: LayoutRun, exact: frozenset[str] = frozenset()) -> int:
     return total
 
 
-def _build(scenario: Scenario, layout: Layout, name: str, priced: bool) -> LayoutRun:
+def _build(scenario: Scenario, layout: Layout, name: str, pipeline: Schedule | None, priced: bool) -> LayoutRun:
     """The run with every collective on links, or every collective priced."""
     shape = shape_of(scenario)
     units = model_units(scenario.problem.graph, shape, layout, scenario.problem.cluster.devices[0])
@@ -223,7 +226,7 @@ def _build(scenario: Scenario, layout: Layout, name: str, priced: bool) -> Layou
     if scenario.problem.workload.mode != "training" or tasks > MAX_TASKS:
         why = "layouts replay training steps" if tasks <= MAX_TASKS else f"{tasks:,} tasks to replay (at most {MAX_TASKS:,})"
         raise InputError(why, file=scenario.file or None, field="workload.mode" if tasks <= MAX_TASKS else "parallel")
-    pipeline = _pipeline(scenario, layout)
+    pipeline = pipeline or pipeline_schedule(scenario, layout)
     ctx = Context(layout, units, stage_units(layout, len(shape.layers)), scenario.problem.cluster.device_names, tp_mode,
                   replicas, pipeline, scenario.problem.cluster, priced)
     cluster = scenario.problem.cluster

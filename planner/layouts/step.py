@@ -205,5 +205,5 @@ def simulate_layout(scenario: Scenario, layout: Layout, name: str = "", collecti
                     event_budget: float = LINK_REPLAY_EVENTS) -> StepResult:
     """Build, replay and measure ``layout`` on ``scenario`` (collectives as
     :func:`planner.layouts.build.build_layout_run` takes them)."""
-    run = build_layout_run(scenario, layout, name, collectives, event_budget)
+    run = build_layout_run(scenario, layout, name, collectives=collectives, event_budget=event_budget)
     return step_result(run, replay(run.problem, run.schedule), name or describe_layout(layout))

@@ -18,11 +18,14 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from typing import Protocol
 
-from planner.layouts.step import StepResult, simulate_layout
+from planner.layouts.build import build_layout_run
+from planner.layouts.step import StepResult, describe_layout, simulate_layout, step_result
 from planner.search.context import with_micro_batch_size
+from simulator.engine import replay
 from simulator.errors import InputError
 from simulator.layout import Layout
 from simulator.scenario import Scenario, load_scenario
+from simulator.schedule import Schedule
 
 __all__ = ["OUT_OF_TIME", "SEARCH_REPLAY_EVENTS", "Evaluator", "evaluator", "replay_layout", "replay_on_links"]
 
@@ -74,14 +77,17 @@ def _alarm(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def replay_on_links(scenario: Scenario, layout: Layout, seconds: float) -> StepResult | None:
-    """``layout`` replayed with every collective on links (the exact replay), or None when that
-    cannot finish within ``seconds`` (or is refused): the plan's final replay when time is left."""
+def replay_on_links(scenario: Scenario, layout: Layout, seconds: float, pipeline: Schedule | None = None) -> StepResult | None:
+    """``layout`` (with ``pipeline`` as its stage-level schedule, None: the built-in) replayed with
+    every collective on links (the exact replay), or None when that cannot finish within
+    ``seconds`` (or is refused): the plan's final replay when time is left."""
     if seconds < 0.1 or threading.current_thread() is not threading.main_thread():
         return None  # no SIGALRM outside the main thread: the replay could not be cut short
     with _alarm(seconds):
         try:
-            return simulate_layout(with_micro_batch_size(scenario, layout.micro_batch_size), layout, collectives="links")
+            run = build_layout_run(with_micro_batch_size(scenario, layout.micro_batch_size), layout, pipeline=pipeline,
+                                   collectives="links")
+            return step_result(run, replay(run.problem, run.schedule), describe_layout(layout))
         except (_OutOfTime, InputError):
             return None
 
