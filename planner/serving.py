@@ -12,22 +12,27 @@ is *feasible* when it completes every request without rejection and meets the SL
   (ties: lower p99 TTFT, then higher throughput).
 
 The search is exhaustive over the grid, not an optimisation model: the answer is the
-best of what was enumerated, and is labelled so. It covers colocated layouts (prefill and
+best of what was enumerated, and is labelled so. Under a time limit the grid is replayed in
+:func:`candidates`' order until the deadline, and the output says how much of it was. It covers colocated layouts (prefill and
 decode on the same engines); a scenario's disaggregation is left out of the search.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
+from planner.timebox import OutOfTime, can_interrupt, time_boxed
 from simulator.errors import InputError, OpplanError
 from simulator.serving.report import ServingReport
 from simulator.serving.run import ServingSetup, simulate_serving
 from simulator.serving.workload import BatchPolicy
 
-__all__ = ["Candidate", "Evaluated", "ServingPlan", "layouts", "plan_serving", "engine_arguments", "MAX_NUM_SEQS", "MAX_TOKENS"]
+__all__ = ["Candidate", "Evaluated", "ServingPlan", "candidates", "layouts", "plan_serving", "engine_arguments",
+           "MAX_NUM_SEQS", "MAX_TOKENS"]
 
 MAX_NUM_SEQS = (32, 64, 128, 256)
 MAX_TOKENS = (4096, 8192)
@@ -54,6 +59,12 @@ class ServingPlan:
     slo: Mapping[str, float]
     evaluated: tuple[Evaluated, ...]
     best: Evaluated | None
+    #: Candidates in the grid; more than ``len(evaluated)`` when a deadline stopped the enumeration.
+    grid: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.evaluated) >= self.grid
 
     @property
     def feasible(self) -> tuple[Evaluated, ...]:
@@ -93,31 +104,55 @@ def _key(objective: str) -> Callable[[Evaluated], tuple]:
     return lambda e: (e.report.tpot_ms[99], e.report.ttft_ms[99], -e.report.output_tokens_per_s)
 
 
+def candidates(setup: ServingSetup, max_num_seqs: tuple[int, ...] = MAX_NUM_SEQS,
+               max_tokens: tuple[int, ...] = MAX_TOKENS) -> list[Candidate]:
+    """The grid in the order it is replayed: fewest pipeline stages first, and within them the
+    widest TP first (one engine per node, the practitioner's default for a large model), so a
+    time limit that stops the enumeration early has tried the usual layouts."""
+    ordered = sorted(layouts(setup), key=lambda layout: (layout[1], -layout[0]))
+    return [Candidate(tp, pp, seqs, tokens) for tp, pp in ordered for seqs in max_num_seqs for tokens in max_tokens]
+
+
+def _evaluate(setup: ServingSetup, candidate: Candidate, seconds: float | None) -> Evaluated | None:
+    """One candidate replayed (None when ``seconds`` ran out first)."""
+    policy = BatchPolicy(setup.workload.batching.policy, candidate.max_num_seqs, candidate.max_num_batched_tokens)
+    try:
+        with time_boxed(seconds) if seconds is not None else nullcontext():
+            report = simulate_serving(setup, tp=candidate.tp, pp=candidate.pp, policy=policy)
+        return Evaluated(candidate, report)
+    except OpplanError as exc:
+        return Evaluated(candidate, None, exc.message)
+    except OutOfTime:
+        return None
+
+
 def plan_serving(setup: ServingSetup, objective: str = "throughput", slo: Mapping[str, float] | None = None, *,
                  max_num_seqs: tuple[int, ...] = MAX_NUM_SEQS, max_tokens: tuple[int, ...] = MAX_TOKENS,
-                 progress: Callable[[Evaluated], Any] | None = None) -> ServingPlan:
-    """Enumerate layouts x batch limits, simulate each, pick the best feasible one (None if none is)."""
+                 progress: Callable[[Evaluated], Any] | None = None, deadline: float | None = None) -> ServingPlan:
+    """Replay the grid (:func:`candidates`) and pick the best feasible candidate (None if none is).
+
+    ``deadline`` (``time.monotonic()``): no candidate runs past it — the one running then is cut
+    short (where :func:`planner.timebox.can_interrupt`) and the rest are not started; the plan
+    says how many of the grid were replayed."""
     if objective not in ("latency", "throughput"):
         raise InputError(f"unknown serving objective {objective!r} (latency or throughput)", field="objective.serving")
     slo = dict(slo or {})
     setup = replace(setup, workload=replace(setup.workload, disaggregation=None))  # colocated layouts only
-    policy = setup.workload.batching
-    evaluated = []
-    for tp, pp in layouts(setup):
-        for seqs in max_num_seqs:
-            for tokens in max_tokens:
-                candidate = Candidate(tp, pp, seqs, tokens)
-                try:
-                    report = simulate_serving(setup, tp=tp, pp=pp, policy=BatchPolicy(policy.policy, seqs, tokens))
-                    item = Evaluated(candidate, report)
-                except OpplanError as exc:
-                    item = Evaluated(candidate, None, exc.message)
-                evaluated.append(item)
-                if progress is not None:
-                    progress(item)
+    grid = candidates(setup, max_num_seqs, max_tokens)
+    evaluated: list[Evaluated] = []
+    for candidate in grid:
+        seconds = None if deadline is None else deadline - time.monotonic()
+        if seconds is not None and (seconds <= 0 or not can_interrupt() and evaluated):
+            break
+        item = _evaluate(setup, candidate, seconds)
+        if item is None:
+            break
+        evaluated.append(item)
+        if progress is not None:
+            progress(item)
     feasible = [e for e in evaluated if _meets(e, slo)]
     best = min(feasible, key=_key(objective)) if feasible else None
-    return ServingPlan(objective, slo, tuple(evaluated), best)
+    return ServingPlan(objective, slo, tuple(evaluated), best, len(grid))
 
 
 def engine_arguments(c: Candidate, devices: int) -> tuple[str, str]:

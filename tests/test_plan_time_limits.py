@@ -14,12 +14,7 @@ import pytest
 from opplan.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Serving scenarios are planned by ``planner.serving`` (``opplan serve --plan``), which replays every
-#: layout first and takes no time limit: 20 s and 32 s at ``--time-limit 2`` (measured). Known, not hidden;
-#: not run, as it would cost the suite 50 s.
-SERVING = pytest.mark.xfail(run=False, reason="the serving planner ignores --time-limit (opplan serve --plan): 20-32 s at 2 s")
-SCENARIOS = [pytest.param(p, id=p.stem, marks=[SERVING] if "requests:" in p.read_text() else [])
-             for p in sorted((ROOT / "scenarios").glob("*.yaml"))]
+SCENARIOS = [pytest.param(p, id=p.stem) for p in sorted((ROOT / "scenarios").glob("*.yaml"))]
 #: Seconds: small so every scenario fits the suite's budget (about 15 s in all) ...
 LIMIT = 2.0
 #: ... but 3 s for the 2048-GPU DeepSeek-V3, whose indivisible first steps leave 2 s no margin on a

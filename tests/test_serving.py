@@ -180,6 +180,24 @@ def test_planner_enumerates_and_respects_the_slo():
     assert "--tensor-parallel-size 8 --pipeline-parallel-size 1 --max-num-seqs 8" in vllm and "--tp_size 8" in trt
 
 
+def test_the_grid_is_replayed_widest_tp_first_and_a_deadline_stops_it_and_says_so():
+    import time
+
+    from planner.serving import candidates
+
+    setup = _setup([Request(i, 0.05 * i, 200, 20) for i in range(8)])
+    grid = candidates(setup, max_num_seqs=(8, 16), max_tokens=(4096,))
+    assert [(c.tp, c.pp) for c in grid[:4]] == [(8, 1), (8, 1), (4, 1), (4, 1)]  # fewest stages, widest TP first
+    past = plan_serving(setup, "throughput", max_num_seqs=(8, 16), max_tokens=(4096,), deadline=time.monotonic())
+    assert past.evaluated == () and past.grid == len(grid) and not past.complete and past.best is None
+    began = time.monotonic()
+    first = plan_serving(setup, "throughput", max_num_seqs=(8, 16), max_tokens=(4096,), deadline=began + 0.005)
+    assert time.monotonic() - began < 0.5  # the running candidate is cut short, the rest never start
+    assert len(first.evaluated) < len(grid) and [e.candidate for e in first.evaluated] == grid[:len(first.evaluated)]
+    full = plan_serving(setup, "throughput", max_num_seqs=(8, 16), max_tokens=(4096,), deadline=time.monotonic() + 600)
+    assert full.complete and len(full.evaluated) == len(grid)
+
+
 def test_trace_file_errors_are_one_line(tmp_path):
     (tmp_path / "t.csv").write_text("arrival_s,prompt,output\n0.0,100,10\n0.5,abc,3\n")
     doc = _scenario(8)

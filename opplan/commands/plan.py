@@ -66,7 +66,8 @@ def plan_command(
     The time limit counts from the start of the command (reading the scenario included)."""
     began = time.monotonic()
     loaded = load_scenario(scenario)  # once: the full DeepSeek-V3 takes seconds to read
-    if _serving_plan(loaded, scenario, json_path, {"--output": output, "--trace": trace_path, "--objective": objective}):
+    if _serving_plan(loaded, scenario, json_path, time_limit, began,
+                     {"--output": output, "--trace": trace_path, "--objective": objective}):
         return
     if _hybrid_plan(loaded, scenario, space, time_limit, workers, scheduler, output, began,
                     {"--json": json_path, "--trace": trace_path}):
@@ -116,9 +117,11 @@ def _hybrid_plan(loaded: Scenario, scenario: Path, space: str, time_limit: float
     return True
 
 
-def _serving_plan(loaded: Scenario, scenario: Path, json_path: Path | None, training_only: dict[str, object]) -> bool:
+def _serving_plan(loaded: Scenario, scenario: Path, json_path: Path | None, time_limit: float | None, began: float,
+                  training_only: dict[str, object]) -> bool:
     """A serving workload (``workload.requests``) is planned by :mod:`planner.serving`: the same
-    enumeration and serving replay as ``opplan serve --plan``, with ``objective.serving`` and its SLO."""
+    enumeration and serving replay as ``opplan serve --plan``, with ``objective.serving`` and its SLO,
+    within ``--time-limit`` (else the scenario's ``objective.time_limit_s``) from ``began``."""
     from opplan.commands.serve import serve
 
     if loaded.serving is None:
@@ -127,5 +130,6 @@ def _serving_plan(loaded: Scenario, scenario: Path, json_path: Path | None, trai
         if given is not None:
             raise InputError(f"{flag} applies to training plans; a serving plan takes objective.serving and objective.slo"
                              " in the scenario", field=flag)
-    click.get_current_context().invoke(serve, scenario=scenario, layouts=(), plan=True, json_path=json_path, kv_plot=None)
+    click.get_current_context().invoke(serve, scenario=scenario, layouts=(), plan=True, json_path=json_path, kv_plot=None,
+                                       time_limit=time_limit or loaded.objective.time_limit_s, began=began)
     return True

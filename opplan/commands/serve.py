@@ -12,14 +12,17 @@ planner; serving planning lives here.)
 from __future__ import annotations
 
 import json
+import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from opplan.commands.common import scenario_argument
+from opplan.commands.common import FiniteFloat, scenario_argument
 from opplan.output import save_figure, write_output
+from opplan.startup import startup_seconds
 from simulator.errors import InputError
 from simulator.scenario import Scenario, load_scenario
 from simulator.serving.workload import BatchPolicy
@@ -58,25 +61,48 @@ def _label(scenario: Scenario, tp: int, pp: int, *, colocated: bool = False) -> 
     return f"TP{tp}" + (f" x PP{pp}" if pp > 1 else "") + (f" x {dp} replicas" if dp > 1 else "")
 
 
-def _plan(setup, scenario: Scenario, table: Table, console: Console) -> dict:
+def _plan(setup, scenario: Scenario, console: Console, deadline: float | None) -> tuple[dict, tuple]:
+    """The serving plan as JSON and the table row ``(label, policy, report)`` it adds."""
     from planner.serving import engine_arguments, plan_serving
 
     objective = scenario.serving_objective.get("serving", "throughput")
     slo = scenario.serving_objective.get("slo", {})
-    plan = plan_serving(setup, objective, slo)
+    plan = plan_serving(setup, objective, slo, deadline=deadline)
     devices = len(scenario.problem.cluster.devices)
     shown = f"SLO {', '.join(f'{k} <= {v:g}' for k, v in slo.items()) or 'none'}"
-    console.print(f"planner: enumerated {len(plan.evaluated)} candidates (layouts x max_num_seqs x max_num_batched_tokens),"
+    reached = "" if plan.complete else f" of {plan.grid} (the time limit stopped the enumeration)"
+    console.print(f"planner: enumerated {len(plan.evaluated)}{reached} candidates (layouts x max_num_seqs x max_num_batched_tokens),"
                   f" each replayed by the serving simulation; {len(plan.feasible)} complete every request within the {shown}")
+    if not plan.evaluated:
+        raise InputError("the time limit ended before any serving layout was replayed; give more --time-limit", field="--time-limit")
     if plan.best is None:
         raise InputError(f"no enumerated layout meets the {shown} with objective {objective}", file=scenario.file, field="objective.slo")
     c = plan.best.candidate
     label = f"planner ({objective}): " + _label(scenario, c.tp, c.pp, colocated=True)
-    _row(table, label, BatchPolicy(scenario.serving.batching.policy, c.max_num_seqs, c.max_num_batched_tokens), plan.best.report)
+    row = (label, BatchPolicy(scenario.serving.batching.policy, c.max_num_seqs, c.max_num_batched_tokens), plan.best.report)
     vllm, trt = engine_arguments(c, devices)
-    return {"objective": objective, "slo": slo, "enumerated": len(plan.evaluated), "feasible": len(plan.feasible),
+    return {"objective": objective, "slo": slo, "enumerated": len(plan.evaluated), "grid": plan.grid, "feasible": len(plan.feasible),
             "choice": {"tp": c.tp, "pp": c.pp, "max_num_seqs": c.max_num_seqs, "max_num_batched_tokens": c.max_num_batched_tokens},
-            "vllm": vllm, "tensorrt_llm": trt, "report": plan.best.report.to_dict()}
+            "vllm": vllm, "tensorrt_llm": trt, "report": plan.best.report.to_dict()}, row
+
+
+def _replay_layouts(setup, loaded: Scenario, layouts: tuple[str, ...], table: Table, console: Console,
+                    deadline: float | None) -> list[dict]:
+    """The compared layouts' rows; under a deadline each is cut short (and said so) if time runs out."""
+    from planner.timebox import OutOfTime, time_boxed
+    from simulator.serving.run import default_layout, simulate_serving
+
+    rows = []
+    for tp, pp in [_parse_layout(text) for text in layouts] or [default_layout(loaded.parallel, loaded.problem.cluster)]:
+        try:
+            with time_boxed(deadline - time.monotonic()) if deadline is not None else nullcontext():
+                report = simulate_serving(setup, tp=tp, pp=pp)
+        except OutOfTime:
+            console.print(f"{_label(loaded, tp, pp)}: not replayed (the time limit ended first)", highlight=False)
+            continue
+        _row(table, _label(loaded, tp, pp), loaded.serving.batching, report)
+        rows.append({"tp": tp, "pp": pp, **report.to_dict()})
+    return rows
 
 
 def _kv_figure(curves: list[tuple[str, list]]):
@@ -96,26 +122,32 @@ def _kv_figure(curves: list[tuple[str, list]]):
 @scenario_argument
 @click.option("--layout", "layouts", multiple=True, metavar="TPxPP", help="layout to replay, e.g. 8x1 or 4x2 (repeatable)")
 @click.option("--plan", "plan", is_flag=True, help="also enumerate layouts and batch limits, print the best")
+@click.option("--time-limit", type=FiniteFloat(min=1.0), default=None,
+              help="seconds for the whole command; --plan replays the grid until then and says how much it covered")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="write the results (with KV occupancy over time) as JSON")
 @click.option("--kv-plot", "kv_plot", type=click.Path(dir_okay=False, path_type=Path), help="draw KV occupancy over time (.png/.svg/.pdf)")
-def serve(scenario: Path, layouts: tuple[str, ...], plan: bool, json_path: Path | None, kv_plot: Path | None) -> None:
+def serve(scenario: Path, layouts: tuple[str, ...], plan: bool, json_path: Path | None, kv_plot: Path | None,
+          time_limit: float | None = None, began: float | None = None) -> None:
     """Replay a serving workload (TTFT, TPOT, throughput, KV cache); --plan chooses a layout."""
-    from simulator.serving.run import default_layout, serving_setup, simulate_serving
+    from simulator.serving.run import serving_setup
 
+    began = time.monotonic() if began is None else began
+    # The limit covers the whole process when opplan is the program (interpreter start-up included).
+    deadline = None if time_limit is None else began + time_limit - startup_seconds()
     loaded = load_scenario(scenario)
     if loaded.serving is None:
         raise InputError("no serving workload: set workload.mode: inference and workload.requests", file=str(scenario),
                          field="workload.requests")
     setup = serving_setup(Section(dict(loaded.model_config), loaded.file, "model"), loaded.problem.cluster, loaded.serving)
     console, table = Console(width=max(Console().width, 160)), _table(f"{loaded.name}: {loaded.serving.description}")
-    results: dict = {"scenario": loaded.name, "layouts": []}
-    for tp, pp in [_parse_layout(text) for text in layouts] or [default_layout(loaded.parallel, loaded.problem.cluster)]:
-        report = simulate_serving(setup, tp=tp, pp=pp)
-        _row(table, _label(loaded, tp, pp), loaded.serving.batching, report)
-        results["layouts"].append({"tp": tp, "pp": pp, **report.to_dict()})
+    results: dict = {"scenario": loaded.name}
+    # Under a time limit the plan goes first: the compared layouts only add context rows.
+    planned = _plan(setup, loaded, console, deadline) if plan and deadline is not None else None
+    results["layouts"] = _replay_layouts(setup, loaded, layouts, table, console, deadline)
     if plan:
-        results["plan"] = _plan(setup, loaded, table, console)
+        results["plan"], row = planned or _plan(setup, loaded, console, None)
+        _row(table, *row)
     console.print(table)
     if plan:
         console.print(f"starting point (enumerated, not measured on hardware): {results['plan']['vllm']}")

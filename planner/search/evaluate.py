@@ -11,8 +11,6 @@ priced collectives (:mod:`planner.layouts.build`): a 70B layout in ~1-2 s instea
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
@@ -21,6 +19,7 @@ from typing import Protocol
 from planner.layouts.build import build_layout_run
 from planner.layouts.step import StepResult, describe_layout, simulate_layout, step_result
 from planner.search.context import with_micro_batch_size
+from planner.timebox import OutOfTime, can_interrupt, time_boxed
 from simulator.engine import replay
 from simulator.errors import InputError
 from simulator.layout import Layout
@@ -53,42 +52,18 @@ def replay_layout(scenario: Scenario | str, layout: Layout) -> StepResult | str:
 OUT_OF_TIME = "stopped at the time limit"
 
 
-class _OutOfTime(Exception):
-    pass
-
-
-def _raise(signum, frame) -> None:
-    raise _OutOfTime
-
-
-@contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    """Interrupt the replay after ``seconds`` (SIGALRM; only in the main thread of a Unix process —
-    elsewhere the replay runs to its end)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-    previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def replay_on_links(scenario: Scenario, layout: Layout, seconds: float, pipeline: Schedule | None = None) -> StepResult | None:
     """``layout`` (with ``pipeline`` as its stage-level schedule, None: the built-in) replayed with
     every collective on links (the exact replay), or None when that cannot finish within
     ``seconds`` (or is refused): the plan's final replay when time is left."""
-    if seconds < 0.1 or threading.current_thread() is not threading.main_thread():
+    if seconds < 0.1 or not can_interrupt():
         return None  # no SIGALRM outside the main thread: the replay could not be cut short
-    with _alarm(seconds):
+    with time_boxed(seconds):
         try:
             run = build_layout_run(with_micro_batch_size(scenario, layout.micro_batch_size), layout, pipeline=pipeline,
                                    collectives="links")
             return step_result(run, replay(run.problem, run.schedule), describe_layout(layout))
-        except (_OutOfTime, InputError):
+        except (OutOfTime, InputError):
             return None
 
 
@@ -107,10 +82,10 @@ class _Serial:
 
     def done(self, timeout: float) -> list[tuple[int, StepResult | str]]:
         key, layout = self.queue.pop(0)
-        with _alarm(timeout):
+        with time_boxed(timeout):
             try:
                 return [(key, replay_layout(self.scenario, layout))]
-            except _OutOfTime:
+            except OutOfTime:
                 return [(key, OUT_OF_TIME)]
 
     def pending(self) -> int:
