@@ -128,9 +128,14 @@ def solve_order(
     hint: Mapping[tuple[str, str], Sequence[int]] | None = None,
     seed: int = 0,
     workers: int = 8,
+    precedences: Sequence[tuple[int, int]] = (),
+    lower_bound: float = 0.0,
 ) -> CpSatResult | None:
     """The best order CP-SAT finds in about ``seconds`` (None when it finds none); with a
-    ``hint``, never worse than it in ticks."""
+    ``hint``, never worse than it in ticks. ``precedences`` (i ends before j starts) and
+    ``lower_bound`` (seconds) are what the caller proved holds for some optimal schedule
+    (:mod:`planner.mip.strengthen`): with them CP-SAT stops as soon as it reaches the bound.
+    Precedences the hint breaks are left out."""
     from ortools.sat.python import cp_model
 
     # -- data: ticks rounded up; the hint re-timed in ticks is feasible, so it bounds the horizon
@@ -144,7 +149,7 @@ def solve_order(
     # -- variables ---------------------------------------------------------------------------------
     start = [model.NewIntVar(release[t], max(horizon - p[t] - tail[t], release[t]), f"S{t}") for t in range(n)]
     interval = [model.NewFixedSizeIntervalVar(start[t], p[t], f"I{t}") for t in range(n)]
-    makespan = model.NewIntVar(0, horizon, "C")
+    makespan = model.NewIntVar(min(math.floor(lower_bound * TICKS_PER_SECOND), horizon), horizon, "C")
     # -- constraints -------------------------------------------------------------------------------
     for k, arc in enumerate(graph.arcs):  # precedence
         model.Add(start[arc.dst] >= start[arc.src] + p[arc.src] + ticks.lag[k])
@@ -154,6 +159,9 @@ def solve_order(
         for a, b in zip(chain, chain[1:]):
             if not position or position[a] < position[b]:
                 model.Add(start[b] >= start[a] + p[a])
+    if not position or all(position[i] < position[j] for i, j in precedences if graph.device_stream[i] == graph.device_stream[j]):
+        for i, j in precedences:
+            model.Add(start[j] >= start[i] + p[i])
     lengths = _memory(model, graph, limits, start, p, horizon)
     for t in range(n):  # completion with the tail cut
         model.Add(makespan >= start[t] + p[t] + tail[t])

@@ -55,8 +55,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from planner.mip import FORMULATIONS
+from planner.mip.construct import active_schedule
 from planner.mip.cpsat import cpsat_available, solve_order
 from planner.mip.highs import HighsResult, Progress, outcome, progress_log, run_highs
+from planner.mip.strengthen import Strengthening, canonical_order, strengthen
 from planner.taskgraph import TaskGraph
 from simulator.errors import InfeasibleError
 
@@ -128,7 +130,7 @@ class LowerLevelResult:
     binaries: int
     fixed_pairs: int
     constraints: int
-    source: str  # the engine that found the order: "warm start", "cp-sat", "mip neighbourhood search" or "mip"
+    source: str  # the engine that found the order: "warm start", "active schedule", "cp-sat", "mip neighbourhood search", "mip"
     peak_memory: Mapping[str, float] = field(default_factory=dict)
     neighbourhoods: int = 0  # sub-MIPs solved by the neighbourhood search
     improvements: int = 0
@@ -160,6 +162,11 @@ class _Data:
     warm: _Incumbent | None
     window_upper: float  # the warm start's makespan when it bounds the answer, else inf
     latest: list[float]  # latest start LS_t in the windows
+    strong: Strengthening | None = None  # symmetry and memory precedences (tight formulation)
+
+    def precedes(self, i: int, j: int, graph: TaskGraph) -> bool:
+        """i ends before j starts in every schedule the model allows (data flow, symmetry, memory)."""
+        return self.strong.precedes(i, j) if self.strong is not None else graph.precedes(i, j)
 
     @property
     def n(self) -> int:
@@ -197,20 +204,58 @@ def _with_incumbent(d: _Data, incumbent: _Incumbent, settings: ScheduleSettings)
     return replace(d, warm=incumbent, window_upper=window_upper, latest=latest)
 
 
+def _warm(graph: TaskGraph, warm_order: Order | None, limits, strong: Strengthening | None) -> _Incumbent | None:
+    """The warm start, timed; with symmetry fixed, in micro-batch order per class (as
+    short or shorter: :func:`~planner.mip.strengthen.canonical_order`) so the model holds it."""
+    if warm_order is None:
+        return None
+    starts = graph.left_shift(warm_order)
+    warm = _Incumbent({key: list(v) for key, v in warm_order.items()}, starts, graph.makespan(starts))
+    if strong is None:
+        return warm
+    order = canonical_order(graph, warm.order)
+    try:
+        starts = graph.left_shift(order)
+    except InfeasibleError:
+        return warm
+    span = graph.makespan(starts)
+    if span <= warm.span + 1e-12 and _within_memory(graph, order, graph.memory_delta(), limits):
+        warm = _Incumbent(order, starts, span, warm.engine)
+    return _constructed(graph, warm, limits, strong)
+
+
+def _constructed(graph: TaskGraph, warm: _Incumbent, limits, strong: Strengthening) -> _Incumbent:
+    """The active schedule over the strengthened graph (:mod:`planner.mip.construct`) when
+    it is shorter than the warm start."""
+    if len(graph.tasks) > CONSTRUCT_MAX_TASKS:
+        return warm
+    order = active_schedule(graph, strong, limits)
+    if order is None:
+        return warm
+    try:
+        starts = graph.left_shift(order)
+    except InfeasibleError:
+        return warm
+    span = graph.makespan(starts)
+    if span >= warm.span - 1e-12 or not _within_memory(graph, order, graph.memory_delta(), limits):
+        return warm
+    logger.info("active schedule: %.6g ms from %.6g ms", span * 1e3, warm.span * 1e3)
+    return _Incumbent(order, starts, span, "active schedule")
+
+
 def _data(graph: TaskGraph, warm_order: Order | None, memory_limit, settings: ScheduleSettings) -> _Data:
     limits = _limits(graph, memory_limit)
-    p, tail = list(graph.duration), list(graph.tail)
-    warm = None
-    if warm_order is not None:
-        starts = graph.left_shift(warm_order)
-        warm = _Incumbent({key: list(v) for key, v in warm_order.items()}, starts, graph.makespan(starts))
+    strong = strengthen(graph, limits) if settings.tight else None
+    p, tail = list(graph.duration), list(strong.tail if strong else graph.tail)
+    release, lower = (list(strong.release), strong.lower) if strong else (list(graph.release), graph.lower_bound)
+    warm = _warm(graph, warm_order, limits, strong)
     # A weighted objective may lengthen the schedule to save memory: then the warm start's
     # makespan is no bound on the answer and cannot shape the windows.
     window_upper = warm.span if warm is not None and settings.objective == "makespan" else math.inf
     horizon = window_upper if math.isfinite(window_upper) else sum(p) + sum(a.lag for a in graph.arcs)
     latest = [horizon - p[t] - (tail[t] if settings.tight else 0.0) for t in range(len(p))]
-    return _Data(p, list(graph.release), tail, graph.lower_bound, graph.memory_delta(), limits, graph.static_memory, warm,
-                 window_upper, latest)
+    return _Data(p, release, tail, lower, graph.memory_delta(), limits, graph.static_memory, warm, window_upper, latest,
+                 strong)
 
 
 def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: _Clock,
@@ -230,7 +275,9 @@ def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: 
     limit = CPSAT_SHARE_OF_BUDGET * seconds - CPSAT_OVERRUN_PER_TASK * d.n
     if limit < MIN_SOLVE_SECONDS:
         return d, False
-    found = solve_order(graph, d.limits, seconds=limit, hint=d.warm.order, seed=settings.seed, workers=workers)
+    extra = d.strong.precedences if d.strong is not None else ()
+    found = solve_order(graph, d.limits, seconds=limit, hint=d.warm.order, seed=settings.seed, workers=workers,
+                        precedences=extra, lower_bound=d.lower)
     logger.debug("CP-SAT: %s in %.2f s (time limit %.2f s)", found and found.status, time.monotonic() - given, limit)
     if found is None:
         return d, False
@@ -265,9 +312,9 @@ class _Pairs:
 
 def _fixed_order(graph: TaskGraph, i: int, j: int, d: _Data, tight: bool, signature) -> tuple[int, int] | None:
     """The order of the same-stream pair (i, j) when something other than a binary decides it."""
-    if graph.precedes(i, j):
+    if d.precedes(i, j, graph):
         return i, j
-    if graph.precedes(j, i):
+    if d.precedes(j, i, graph):
         return j, i
     if not tight:
         return None
@@ -380,9 +427,9 @@ def _memory_row(graph: TaskGraph, d: _Data, fixed_before: set, index: dict, memb
     for u in members:
         if u == t or abs(change[u]) < 1e-15:
             continue
-        if (u, t) in fixed_before or graph.precedes(u, t):
+        if (u, t) in fixed_before or d.precedes(u, t, graph):
             constant += change[u]
-        elif (t, u) in fixed_before or graph.precedes(t, u):
+        elif (t, u) in fixed_before or d.precedes(t, u, graph):
             continue
         elif (u, t) in index:  # y = 1 means u before t
             y_terms.append((index[u, t], change[u]))
@@ -524,6 +571,8 @@ CPSAT_SHARE_OF_BUDGET = 0.8
 #: ... less this per task: building the model and CP-SAT's presolve ran past its limit
 #: by about 4 ms a task (the 1500-task random DAG: 6 s over a 12 s limit).
 CPSAT_OVERRUN_PER_TASK = 4e-3
+#: Above this many tasks the active schedule is not built (its loop is quadratic in the ready set).
+CONSTRUCT_MAX_TASKS = 5_000
 #: Solver calls shorter than this are not worth starting.
 MIN_SOLVE_SECONDS = 0.2
 #: The full MIP's root LP runs past HiGHS's limit about twice as long as a neighbourhood's
