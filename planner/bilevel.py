@@ -82,6 +82,10 @@ class PlanResult:
         return self.timeline.makespan
 
 
+#: Evaluations start no new candidate after this share of the time limit.
+EVALUATION_SHARE = 0.45
+
+
 @dataclass(frozen=True)
 class Budget:
     """When each step of :func:`plan` stops starting new work (:func:`time.monotonic` values).
@@ -102,7 +106,7 @@ class Budget:
     @classmethod
     def of(cls, seconds: float, tasks: int, began: float | None = None) -> Budget:
         began = time.monotonic() if began is None else began
-        return cls(began, began + seconds, began + 0.2 * seconds, began + 0.45 * seconds, 0.3 + 4e-5 * tasks)
+        return cls(began, began + seconds, began + 0.2 * seconds, began + EVALUATION_SHARE * seconds, 0.3 + 4e-5 * tasks)
 
     @property
     def lower_level_end(self) -> float:
@@ -312,8 +316,11 @@ def plan(
     chosen = candidates[0]
     remaining = budget.lower_level_end - time.monotonic()
     say(f"lower level: scheduling MIP on {chosen.name!r}, warm start {chosen.makespan * 1e3:.6g} ms ({chosen.order_source})")
+    # The lower level's work counts come from the time limit, not from the time left (which
+    # varies run to run): the same command gives the same plan (ScheduleSettings.deterministic).
+    work = max((1 - EVALUATION_SHARE) * seconds - budget.check, 0.0)
     settings = ScheduleSettings(objective="memory" if goal == "memory" else "makespan", time_limit=max(remaining, 0.0),
-                                formulation=formulation, verbose=verbose)
+                                formulation=formulation, verbose=verbose, work_seconds=work)
     lower = lower_level(chosen, limits, settings, progress)
     notes = []
     if lower.source == "warm start" and lower.gap > 1e-9:

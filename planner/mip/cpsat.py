@@ -130,12 +130,15 @@ def solve_order(
     workers: int = 8,
     precedences: Sequence[tuple[int, int]] = (),
     lower_bound: float = 0.0,
+    deterministic_time: float | None = None,
 ) -> CpSatResult | None:
     """The best order CP-SAT finds in about ``seconds`` (None when it finds none); with a
     ``hint``, never worse than it in ticks. ``precedences`` (i ends before j starts) and
     ``lower_bound`` (seconds) are what the caller proved holds for some optimal schedule
     (:mod:`planner.mip.strengthen`): with them CP-SAT stops as soon as it reaches the bound.
-    Precedences the hint breaks are left out."""
+    Precedences the hint breaks are left out. With ``deterministic_time`` the search is
+    deterministic (``interleave_search``: the workers' steps interleaved on one thread,
+    stopped by CP-SAT's own work count); ``seconds`` is then only a safety net."""
     from ortools.sat.python import cp_model
 
     # -- data: ticks rounded up; the hint re-timed in ticks is feasible, so it bounds the horizon
@@ -173,7 +176,7 @@ def solve_order(
         for (first, last), length in lengths.items():
             model.AddHint(length, starts[last] + p[last] - starts[first])
         model.AddHint(makespan, max(starts[t] + p[t] + tail[t] for t in range(n)))
-    return _solve(model, graph, start, seconds, seed, workers)
+    return _solve(model, graph, start, seconds, seed, workers, deterministic_time)
 
 
 def _lifetimes(graph: TaskGraph) -> list[tuple[int, int, float]] | None:
@@ -250,14 +253,19 @@ def _reservoirs(model, graph: TaskGraph, limits: Mapping[str, float], start, p: 
         model.AddReservoirConstraint(times, changes, 0, max(capacity, 0))
 
 
-def _solve(model, graph: TaskGraph, start, seconds: float, seed: int, workers: int) -> CpSatResult | None:
-    """Solve within ``seconds`` of wall-clock; the order of a feasible or optimal answer."""
+def _solve(model, graph: TaskGraph, start, seconds: float, seed: int, workers: int,
+           deterministic_time: float | None) -> CpSatResult | None:
+    """Solve within ``seconds`` of wall-clock (and ``deterministic_time`` of CP-SAT's work
+    units, deterministically, when given); the order of a feasible or optimal answer."""
     from ortools.sat.python import cp_model
 
     solver = cp_model.CpSolver()
     solver.parameters.random_seed = seed
     solver.parameters.num_workers = workers
     solver.parameters.max_time_in_seconds = seconds
+    if deterministic_time is not None:
+        solver.parameters.interleave_search = True
+        solver.parameters.max_deterministic_time = deterministic_time
     status = solver.Solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None

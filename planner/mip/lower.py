@@ -81,6 +81,15 @@ class ScheduleSettings:
     start stay free (the answer is then a neighbourhood's, marked ``restricted``).
     ``cpsat_fraction`` of the time goes first to OR-Tools CP-SAT (:mod:`planner.mip.cpsat`,
     ``cpsat_workers`` threads, ``seed``) as a primal heuristic; 0 turns it off.
+
+    ``deterministic`` (the default): every engine stops on a count of its own work, set
+    from ``work_seconds`` (default ``time_limit``) — CP-SAT's deterministic time with its
+    workers interleaved on one thread, a number of neighbourhood sub-MIPs each held to a
+    number of branch-and-bound nodes, and a node limit on the final MIP — so the same input
+    and time limit give the same plan; the wall clock (``time_limit``) is only a safety net
+    (on a machine too slow for the work it stops first, and the answer may then differ).
+    False: every engine stops by the wall clock (CP-SAT's parallel portfolio, ``cpsat_workers``
+    threads), faster to good answers on an idle machine, not reproducible.
     """
 
     objective: str = "makespan"
@@ -97,6 +106,13 @@ class ScheduleSettings:
     cpsat_workers: int = 8
     seed: int = 0
     verbose: bool = False
+    deterministic: bool = True
+    work_seconds: float | None = None
+
+    @property
+    def work(self) -> float:
+        """The seconds the work counts of deterministic mode are set from."""
+        return self.time_limit if self.work_seconds is None else self.work_seconds
 
     def __post_init__(self) -> None:
         if self.formulation not in FORMULATIONS:
@@ -275,9 +291,13 @@ def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: 
     limit = CPSAT_SHARE_OF_BUDGET * seconds - CPSAT_OVERRUN_PER_TASK * d.n
     if limit < MIN_SOLVE_SECONDS:
         return d, False
+    work = None
+    if settings.deterministic:
+        workers = DETERMINISTIC_CPSAT_WORKERS
+        work = CPSAT_WORK_PER_SECOND * max(settings.cpsat_fraction * settings.work - CPSAT_OVERRUN_PER_TASK * d.n, 0.0)
     extra = d.strong.precedences if d.strong is not None else ()
     found = solve_order(graph, d.limits, seconds=limit, hint=d.warm.order, seed=settings.seed, workers=workers,
-                        precedences=extra, lower_bound=d.lower)
+                        precedences=extra, lower_bound=d.lower, deterministic_time=work)
     logger.debug("CP-SAT: %s in %.2f s (time limit %.2f s)", found and found.status, time.monotonic() - given, limit)
     if found is None:
         return d, False
@@ -573,6 +593,15 @@ CPSAT_SHARE_OF_BUDGET = 0.8
 CPSAT_OVERRUN_PER_TASK = 4e-3
 #: Above this many tasks the active schedule is not built (its loop is quadratic in the ready set).
 CONSTRUCT_MAX_TASKS = 5_000
+#: Deterministic mode's work counts per second of ``work_seconds``. CP-SAT's deterministic
+#: time: it ran about 0.45 units per CPU-second on the 100-operator random DAG, and a loaded
+#: 2-core machine gives it half a core or less. Neighbourhood sub-MIPs: they took 0.05-2 s
+#: each on the 8 x 20 pipelines. HiGHS nodes: the 480-task models ran 50-300 nodes a second.
+CPSAT_WORK_PER_SECOND = 0.2
+DETERMINISTIC_CPSAT_WORKERS = 2  # better than 8 at the same deterministic time on the DAG
+LNS_ROUNDS_PER_SECOND = 1.0
+LNS_NODES = 200
+FINAL_NODES_PER_SECOND = 30.0
 #: Solver calls shorter than this are not worth starting.
 MIN_SOLVE_SECONDS = 0.2
 #: The full MIP's root LP runs past HiGHS's limit about twice as long as a neighbourhood's
@@ -648,7 +677,7 @@ def _window_solve(graph: TaskGraph, model: _Model, d: _Data, search: _Search, ma
     model.lo.value = np.where(mask, 0.0, values)
     model.hi.value = np.where(mask, 1.0, values)
     model.earliness.value = 1e-4 / max(d.n, 1) / max(search.best.span, 1e-12)
-    result = clock.run(model, budget, settings)
+    result = clock.run(model, budget, settings, **({"mip_max_nodes": LNS_NODES} if settings.deterministic else {}))
     search.rounds += 1
     if not result.has_primal:
         return False
@@ -677,9 +706,14 @@ def _neighbourhood_search(graph: TaskGraph, model: _Model, d: _Data, settings: S
     stream_size = max(len(v) for v in graph.streams.values())
     width = max(d.warm.span * settings.lns_window / max(stream_size, 1), max(d.p))
     deadline = clock.began + settings.lns_fraction * settings.time_limit
+    rounds = math.inf
+    if settings.deterministic:  # a count of sub-MIPs; the wall clock a safety net
+        share = max(settings.lns_fraction - settings.cpsat_fraction, 0.1)
+        rounds = math.ceil(LNS_ROUNDS_PER_SECOND * share * settings.work)
+        deadline = clock.began + min(settings.lns_fraction + 0.15, 0.8) * settings.time_limit
 
     def open_() -> bool:
-        return time.monotonic() < deadline and search.best.span > d.lower + 1e-9
+        return time.monotonic() < deadline and search.best.span > d.lower + 1e-9 and search.rounds < rounds
 
     while open_() and width <= 2 * search.best.span:
         improved, left = False, 0.0
@@ -690,7 +724,8 @@ def _neighbourhood_search(graph: TaskGraph, model: _Model, d: _Data, settings: S
             left += width / 2
             if not mask.any():
                 continue
-            budget = clock.budget(min(settings.lns_budget, max(0.5, deadline - time.monotonic())))
+            wanted = settings.lns_budget * (3 if settings.deterministic else 1)  # deterministic: nodes stop it
+            budget = clock.budget(min(wanted, max(0.5, deadline - time.monotonic())))
             if budget <= 0:
                 break
             before = search.improvements
@@ -730,6 +765,8 @@ def _solve(graph: TaskGraph, model: _Model, d: _Data, settings: ScheduleSettings
         # neither its values nor its bound speak for the whole one.
         return HighsResult("time limit", has_primal=False, dual_bound=None, seconds=0.0), search
     with progress_log(progress, clock.began) as log_options:
+        if settings.deterministic:
+            log_options["mip_max_nodes"] = max(int(FINAL_NODES_PER_SECOND * (1 - settings.lns_fraction) * settings.work), 1)
         result = clock.run(model, max(remaining, MIN_SOLVE_SECONDS), settings, warm_start=True, **log_options)
     return result, search
 
