@@ -39,6 +39,7 @@ class CpSatResult:
     order: dict[tuple[str, str], list[int]]
     status: str  # "optimal" or "feasible" (CP-SAT's own words)
     bound_seconds: float  # CP-SAT's proven lower bound on the makespan (in its ticks)
+    by_clock: bool = False  # stopped by the wall-clock limit (then not reproducible)
 
 
 def cpsat_available() -> bool:
@@ -270,5 +271,6 @@ def _solve(model, graph: TaskGraph, start, seconds: float, seed: int, workers: i
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     order = graph.order_from_starts([solver.Value(s) / TICKS_PER_SECOND for s in start])
+    by_clock = status != cp_model.OPTIMAL and solver.WallTime() >= 0.98 * seconds
     return CpSatResult(order, "optimal" if status == cp_model.OPTIMAL else "feasible",
-                       solver.BestObjectiveBound() / TICKS_PER_SECOND)
+                       solver.BestObjectiveBound() / TICKS_PER_SECOND, by_clock)

@@ -293,13 +293,21 @@ def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: 
         return d, False
     work = None
     if settings.deterministic:
+        # CP-SAT's search depends on its wall-clock limit too (not only on when it stops):
+        # the limit comes from the work seconds, the same every run, unless less time is left.
         workers = DETERMINISTIC_CPSAT_WORKERS
-        work = CPSAT_WORK_PER_SECOND * max(settings.cpsat_fraction * settings.work - CPSAT_OVERRUN_PER_TASK * d.n, 0.0)
+        share = max(settings.cpsat_fraction * settings.work - CPSAT_OVERRUN_PER_TASK * d.n, 0.0)
+        work = CPSAT_WORK_PER_SECOND * share
+        limit = min(limit, CPSAT_SHARE_OF_BUDGET * share)
+        if limit < MIN_SOLVE_SECONDS:
+            return d, False
     extra = d.strong.precedences if d.strong is not None else ()
     found = solve_order(graph, d.limits, seconds=limit, hint=d.warm.order, seed=settings.seed, workers=workers,
                         precedences=extra, lower_bound=d.lower, deterministic_time=work)
     logger.debug("CP-SAT: %s in %.2f s (time limit %.2f s)", found and found.status, time.monotonic() - given, limit)
-    if found is None:
+    if found is None or (settings.deterministic and found.by_clock):
+        if found is not None:
+            logger.info("CP-SAT stopped by the wall clock before its deterministic time: its answer is not used")
         return d, False
     try:
         starts = graph.left_shift(found.order)
@@ -636,9 +644,14 @@ class _Clock:
         return min(wanted, room) if room >= MIN_SOLVE_SECONDS else 0.0
 
     def run(self, model: _Model, limit: float, settings: ScheduleSettings, **options) -> HighsResult:
+        """One HiGHS call. In deterministic mode a call the wall clock stopped (not its node
+        count or optimality) comes back without its primal values: where it stopped is luck."""
         result = run_highs(model.problem, time_limit=limit, **settings.options(), **options)
         self.overhead = result.overhead
         self.overrun = max(self.overrun, result.solver_seconds - limit)
+        if settings.deterministic and result.status == "user_limit" and result.solver_seconds >= 0.98 * limit:
+            logger.debug("HiGHS stopped by the wall clock: its incumbent is not used (deterministic mode)")
+            return replace(result, has_primal=False)
         return result
 
 
