@@ -13,11 +13,12 @@ feasibility.
 Laid out like the OR-Tools samples: data (integer ticks, horizon) → variables (one
 interval per task) → constraints per family (precedence, stream no-overlap, memory
 reservoir, interchangeable micro-batches in order) → objective → solve → status checked
-before values. The seed is fixed, but CP-SAT's parallel portfolio (``workers`` threads
-sharing solutions) stopped by the wall-clock is not deterministic: an answer proven
-optimal is the same every run, an unproven one may differ. Its deterministic mode
-(``interleave_search``) runs on one core and was 4-5 times slower to the same answers on
-the benchmark's 8 x 20 pipelines.
+before values. The seed is fixed; CP-SAT's parallel portfolio (``workers`` threads sharing
+solutions) stopped by the wall clock is not deterministic (an unproven answer may differ
+run to run), so the lower level by default passes ``deterministic_time``: the workers'
+steps interleaved on one thread (``interleave_search``) and stopped by CP-SAT's own work
+count. Its search also depends on the wall-clock limit it is given, so the caller derives
+that limit from the time limit, not from the time left.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ device stream. Laid out in the fixed order of a job-shop model, one function per
 data      durations p, lags (transfer time between devices), heads r (release) and
           tails q from longest paths, an incumbent makespan U (warm start), windows
           and big-M values                                              :func:`_data`
-primal    OR-Tools CP-SAT from the warm start (:mod:`planner.mip.cpsat`); a shorter
+strength  (tight) symmetry chains and the precedences memory forces, closed, with the
+          heads and tails they imply (:mod:`planner.mip.strengthen`)     :func:`_data`
+primal    the active schedule over that graph (:mod:`planner.mip.construct`), then
+          OR-Tools CP-SAT from the incumbent (:mod:`planner.mip.cpsat`); a shorter
           order becomes the incumbent and tightens U before the model is built
                                                                         :func:`_cpsat_phase`
 pairs     every same-stream pair fixed (first, second) or free (a binary);
@@ -601,13 +604,15 @@ CPSAT_SHARE_OF_BUDGET = 0.8
 CPSAT_OVERRUN_PER_TASK = 4e-3
 #: Above this many tasks the active schedule is not built (its loop is quadratic in the ready set).
 CONSTRUCT_MAX_TASKS = 5_000
-#: Deterministic mode's work counts per second of ``work_seconds``. CP-SAT's deterministic
-#: time: it ran about 0.45 units per CPU-second on the 100-operator random DAG, and a loaded
-#: 2-core machine gives it half a core or less. Neighbourhood sub-MIPs: they took 0.05-2 s
-#: each on the 8 x 20 pipelines. HiGHS nodes: the 480-task models ran 50-300 nodes a second.
-CPSAT_WORK_PER_SECOND = 0.2
+#: Deterministic mode's work counts per second of ``work_seconds``, sized so that the wall
+#: clock (the safety net) rarely stops an engine first on a loaded 2-core machine. CP-SAT's
+#: deterministic time: 6 units took 21-25 s of wall clock on the 100-operator random DAG at
+#: load average 7 (0.45 units per CPU-second); at 0.2 units a second its 23 s limit stopped
+#: it first in one of two runs. Neighbourhood sub-MIPs took 0.05-6 s each. HiGHS nodes: the
+#: 480-task models ran 50-300 nodes a second.
+CPSAT_WORK_PER_SECOND = 0.1
 DETERMINISTIC_CPSAT_WORKERS = 2  # better than 8 at the same deterministic time on the DAG
-LNS_ROUNDS_PER_SECOND = 1.0
+LNS_ROUNDS_PER_SECOND = 0.5
 LNS_NODES = 200
 FINAL_NODES_PER_SECOND = 30.0
 #: Solver calls shorter than this are not worth starting.
