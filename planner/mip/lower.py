@@ -285,9 +285,9 @@ def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: 
     if (d.warm is None or settings.objective != "makespan" or settings.cpsat_fraction <= 0
             or d.warm.span <= d.lower + 1e-9 or d.n > CPSAT_MAX_TASKS or not cpsat_available()):
         return d, False
-    seconds = clock.budget(settings.cpsat_fraction * settings.time_limit)
-    if seconds <= 0:
-        return d, False
+    # Deterministic: CP-SAT's search depends on its wall-clock limit too (not only on when it
+    # stops), so the limit comes from the work seconds, the same every run, unless less time is left.
+    seconds = clock.budget(settings.cpsat_fraction * (settings.work if settings.deterministic else settings.time_limit))
     given = time.monotonic()
     # Many threads on few cores overrun a short limit by a second or more: few for short calls.
     workers = settings.cpsat_workers if seconds >= 4.0 else min(settings.cpsat_workers, 2)
@@ -296,14 +296,8 @@ def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: 
         return d, False
     work = None
     if settings.deterministic:
-        # CP-SAT's search depends on its wall-clock limit too (not only on when it stops):
-        # the limit comes from the work seconds, the same every run, unless less time is left.
         workers = DETERMINISTIC_CPSAT_WORKERS
-        share = max(settings.cpsat_fraction * settings.work - CPSAT_OVERRUN_PER_TASK * d.n, 0.0)
-        work = CPSAT_WORK_PER_SECOND * share
-        limit = min(limit, CPSAT_SHARE_OF_BUDGET * share)
-        if limit < MIN_SOLVE_SECONDS:
-            return d, False
+        work = CPSAT_WORK_PER_SECOND * limit
     extra = d.strong.precedences if d.strong is not None else ()
     found = solve_order(graph, d.limits, seconds=limit, hint=d.warm.order, seed=settings.seed, workers=workers,
                         precedences=extra, lower_bound=d.lower, deterministic_time=work)
@@ -430,9 +424,12 @@ def _precedence(rows: _Rows, graph: TaskGraph, d: _Data) -> None:
 
 
 def _stream_order(rows: _Rows, graph: TaskGraph, d: _Data, pairs: _Pairs) -> None:
-    """S_i + p_i <= S_j for a fixed pair not already implied by an arc path."""
+    """S_i + p_i <= S_j for a fixed pair not already implied by a path of arcs and of the
+    strengthening's precedences (those get a row each)."""
+    direct = set(d.strong.precedences) if d.strong is not None else set()
     for i, j in pairs.fixed:
-        if not graph.precedes(i, j):
+        implied = graph.precedes(i, j) or ((i, j) not in direct and d.strong is not None and d.strong.precedes(i, j))
+        if not implied:
             rows.add([(i, 1.0), (j, -1.0)], [], 0.0, -d.p[i])
 
 
@@ -606,9 +603,10 @@ CPSAT_OVERRUN_PER_TASK = 4e-3
 CONSTRUCT_MAX_TASKS = 5_000
 #: Deterministic mode's work counts per second of ``work_seconds``, sized so that the wall
 #: clock (the safety net) rarely stops an engine first on a loaded 2-core machine. CP-SAT's
-#: deterministic time: 6 units took 21-25 s of wall clock on the 100-operator random DAG at
-#: load average 7 (0.45 units per CPU-second); at 0.2 units a second its 23 s limit stopped
-#: it first in one of two runs. Neighbourhood sub-MIPs took 0.05-6 s each. HiGHS nodes: the
+#: deterministic time per second of its wall-clock limit: 6 units took 21-25 s of wall clock
+#: on the 100-operator random DAG at load average 7 (0.45 units per CPU-second), 0.3 units
+#: 1.2-1.8 s on pipeline-8x24-uneven (presolve); at 0.2 units a second the wall clock
+#: stopped it first in one of two runs. Neighbourhood sub-MIPs took 0.05-6 s each. HiGHS nodes: the
 #: 480-task models ran 50-300 nodes a second.
 CPSAT_WORK_PER_SECOND = 0.1
 DETERMINISTIC_CPSAT_WORKERS = 2  # better than 8 at the same deterministic time on the DAG
@@ -742,8 +740,7 @@ def _neighbourhood_search(graph: TaskGraph, model: _Model, d: _Data, settings: S
             left += width / 2
             if not mask.any():
                 continue
-            wanted = settings.lns_budget * (3 if settings.deterministic else 1)  # deterministic: nodes stop it
-            budget = clock.budget(min(wanted, max(0.5, deadline - time.monotonic())))
+            budget = clock.budget(min(settings.lns_budget, max(0.5, deadline - time.monotonic())))
             if budget <= 0:
                 break
             before = search.improvements
