@@ -16,13 +16,19 @@ GPU per node, on InfiniBand), whose other 7 members join only those collectives.
 optimizer step and the ZeRO-1 gather are priced after the replay.
 
 CPU seconds (``time.process_time``) of the whole thing: scenario loading, building the
-layout's problem and schedule, the replay and the step report. Run::
+layout's problem and schedule, the replay and the step report.
 
-    python benchmarks/hybrid_scale.py
+Then (:mod:`benchmarks.priced_replay`): the replay speed of the LLaMA-2-70B layouts the
+search replays and of DeepSeek-V3 on 2048 H800 in DeepSeek's published layout, with
+collectives on links and priced, and the step-time difference between the two modes on
+the four realistic scenarios' scenario layout, presets and searched plan. Run::
+
+    python benchmarks/hybrid_scale.py [--search-seconds 30] [--skip-gpt3]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -30,10 +36,13 @@ from pathlib import Path
 
 import yaml
 
-from planner.layouts.build import build_layout_run
-from planner.layouts.step import step_result
-from simulator.engine import replay
-from simulator.scenario import scenario_from_dict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.priced_replay import accuracy_table, speed_table  # noqa: E402
+from planner.layouts.build import build_layout_run  # noqa: E402
+from planner.layouts.step import step_result  # noqa: E402
+from simulator.engine import replay  # noqa: E402
+from simulator.scenario import scenario_from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = {
@@ -64,9 +73,10 @@ def _scenario(profile: Path, extra: dict) -> dict:
     }
 
 
-def main() -> int:
-    print("| layout | devices | replayed ranks | in collectives only | tasks | collectives | step s | MFU % | peak GB | CPU s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+def gpt3_table() -> None:
+    print("| layout | devices | replayed ranks | in collectives only | tasks | collectives | replayed on | step s | MFU % | peak GB"
+          " | CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as folder:
         profile = _profile(Path(folder))
         for label, extra in LAYOUTS.items():
@@ -76,8 +86,22 @@ def main() -> int:
             result = step_result(run, replay(run.problem, run.schedule), label)
             seconds = time.process_time() - start
             print(f"| TP8 PP16 DP8 {label} | {scenario.parallel.world_size} | {len(run.simulated)} | {len(run.phantoms)} |"
-                  f" {len(run.schedule):,} | {len(run.schedule.collectives):,} | {result.step:.2f} | {100 * result.mfu:.1f} |"
+                  f" {len(run.schedule):,} | {len(run.schedule.collectives):,} | {run.collectives} | {result.step:.2f} |"
+                  f" {100 * result.mfu:.1f} |"
                   f" {result.memory_peak / 1e9:.1f}{' ' + result.note if result.note else ''} | {seconds:.1f} |", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--search-seconds", type=float, default=30.0, help="search time per scenario for its plan")
+    parser.add_argument("--skip-gpt3", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_gpt3:
+        gpt3_table()
+    print()
+    speed_table()
+    print()
+    accuracy_table(args.search_seconds)
     return 0
 
 

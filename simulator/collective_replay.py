@@ -11,12 +11,20 @@ or a collective and a pipeline transfer, therefore slow each other exactly where
 routes share a link. Every member's stream is released when the last step ends; tasks
 the call comes ``before`` may start then.
 
+A *priced* call (``CollectiveCall.priced``) meets the same way but then holds its
+members for :func:`simulator.collectives.collective_time` — the sum of its steps'
+α–β costs on the idle cluster (a ring all-reduce over ``n`` ranks: ``2(n−1)·α +
+2(n−1)/n · S/B``; NCCL's ring cost) — with no transfers: exact when nothing else uses its
+links meanwhile, and one event instead of ``steps × ranks`` transfers. Members of its
+group that the schedule does not list (data-parallel replicas left out of the replay)
+are not waited for.
+
 The engine (:mod:`simulator.engine`) owns the streams; this module owns the calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import simpy
@@ -52,6 +60,8 @@ class CollectiveRecord(NamedTuple):
     #: Seconds it takes alone on the idle cluster (:func:`simulator.collectives.collective_time`):
     #: ``(end - start) / idle`` is the slowdown that contention caused.
     idle: float
+    #: Replayed by its price (``end - start == idle``), not by its steps' transfers.
+    priced: bool = False
 
 
 class CollectiveTransfer(NamedTuple):
@@ -107,8 +117,13 @@ class _Run:
     def __init__(self, owner: CollectiveReplay, call: CollectiveCall, cluster: Cluster):
         self.owner = owner
         self.call = call
-        self.steps, self.idle = owner.steps_of(call.collective, cluster)
-        self.missing_members = set(call.collective.group)
+        if call.priced:
+            self.steps, self.idle = (), owner.price_of(call.collective, cluster)
+            members = set(call.collective.group)
+            self.missing_members = members if owner.listed is None else members & owner.listed
+        else:
+            self.steps, self.idle = owner.steps_of(call.collective, cluster)
+            self.missing_members = set(call.collective.group)
         self.missing_inputs = set(call.after)
         self.done = simpy.Event(owner.env)
         self.started = False
@@ -131,7 +146,14 @@ class _Run:
             return
         self.started = True
         self.start = self.owner.env.now
+        if self.call.priced:
+            self.owner.env.timeout(self.idle).callbacks.append(self._priced_end)
+            return
         self._next_step()
+
+    def _priced_end(self, _event: simpy.Event) -> None:
+        self.step_times.append((self.start, self.owner.env.now))
+        self._finish()
 
     def _next_step(self) -> None:
         """Launch the following step; steps whose transfers are all free complete at once."""
@@ -165,7 +187,7 @@ class _Run:
         self.end = owner.env.now
         owner.records.append(
             CollectiveRecord(self.call.name, c.op, c.algorithm, c.group, c.bytes, self.start, self.end,
-                             tuple(self.step_times), self.idle)
+                             tuple(self.step_times), self.idle, self.call.priced)
         )
         self.done.succeed()
         owner.arrive(collective_key(self.call.name))
@@ -175,17 +197,21 @@ class CollectiveReplay:
     """Every collective call of one replay.
 
     ``env`` is the replay's environment, ``path`` its cached route lookup, ``arrive``
-    the function that marks a key as arrived (waking whatever waits for it).
+    the function that marks a key as arrived (waking whatever waits for it), ``listed``
+    the devices the schedule lists (a priced call waits only for those of its members;
+    None: for all of them).
     """
 
     def __init__(self, env: simpy.Environment, cluster: Cluster, calls: Mapping[str, CollectiveCall],
-                 path: PathLookup, arrive: Callable[[Any], None]):
+                 path: PathLookup, arrive: Callable[[Any], None], listed: Iterable[str] | None = None):
         self.env = env
         self.path = path
         self.arrive = arrive
+        self.listed = None if listed is None else frozenset(listed)
         self.records: list[CollectiveRecord] = []
         self.transfers: list[CollectiveTransfer] = []
         self._steps: dict[Collective, tuple[tuple[Step, ...], float]] = {}
+        self._prices: dict[Collective, float] = {}
         self.runs = {name: _Run(self, call, cluster) for name, call in calls.items()}
         #: Task -> the runs that wait for it to finish (``after``).
         self.watch: dict[Task, list[_Run]] = {}
@@ -203,6 +229,13 @@ class CollectiveReplay:
         known = self._steps.get(collective)
         if known is None:
             known = self._steps[collective] = (collective_steps(collective, cluster), collective_time(collective, cluster))
+        return known
+
+    def price_of(self, collective: Collective, cluster: Cluster) -> float:
+        """:func:`collective_time` of ``collective``, computed once per replay."""
+        known = self._prices.get(collective)
+        if known is None:
+            known = self._prices[collective] = collective_time(collective, cluster)
         return known
 
     def member_arrives(self, name: str, device: str) -> _Run:

@@ -39,7 +39,7 @@ def collective_violations(problem: Problem, schedule: Schedule) -> list[tuple[st
     calls = _calls(schedule, report)
     calls_on = _calls_by_device(schedule, report)
     for name, call in calls.items():
-        _check_group(problem, name, call, calls_on, report)
+        _check_group(problem, name, call, calls_on, report, set(schedule.devices))
         _check_tasks(problem, name, call, report)
     _check_stream_order(problem, schedule, report)
     _check_orders_agree(schedule, report)
@@ -73,13 +73,15 @@ def _calls_by_device(schedule: Schedule, report: Report) -> dict[str, set[str]]:
     return out
 
 
-def _check_group(problem: Problem, name: str, call: CollectiveCall, calls_on: dict[str, set[str]], report: Report) -> None:
+def _check_group(problem: Problem, name: str, call: CollectiveCall, calls_on: dict[str, set[str]], report: Report,
+                 listed: set[str]) -> None:
+    """Every member calls it (a priced call's members the schedule leaves out are stand-ins), no one else does."""
     group = call.collective.group
     cluster = problem.cluster.by_name
     for device in group:
         if device not in cluster:
             report("collective", f"collective {name!r}: group device {device!r} is not in the cluster", device)
-        elif name not in calls_on.get(device, ()):
+        elif name not in calls_on.get(device, ()) and not (call.priced and device not in listed):
             report(
                 "deadlock",
                 f"deadlock: collective {name!r} never runs on {device}, a member of its group"

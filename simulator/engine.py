@@ -12,7 +12,8 @@ allocation that goes over the capacity is recorded as a violation instead of blo
 
 Collective entries (all-reduce, all-to-all, ...) are replayed by
 :mod:`simulator.collective_replay`: a member's stream waits in the collective until
-every member is there and its steps' transfers, holding real links, have run.
+every member is there and its steps' transfers, holding real links, have run (or, for a
+priced call, for its idle-cluster α–β time, with no transfers).
 
 When the event queue runs dry with entries still waiting, the schedule deadlocks: the
 streams' wait-for relation is followed to name the cycle.
@@ -287,7 +288,7 @@ class _Replay:
         """The schedule's collective calls: ``watched`` tasks wake a collective when they
         finish, ``gates`` hold tasks until a collective has ended (both stay empty, and so
         free in the stream loop, for schedules without collectives)."""
-        self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive)
+        self.coll = CollectiveReplay(self.env, self.problem.cluster, calls, self._path, self._arrive, self.schedule.devices)
         self.watched, self.gates = self.coll.watch, self.coll.gates
 
     def _collective(self, state: _StreamState, entry: Entry, held: list):

@@ -235,10 +235,7 @@ def _profile_cluster(section: Section, scale: float, memory_override: float | No
             exc.file = section.file
             exc.field = section.where("profile")
         raise
-    nodes = section.integer("nodes", 1, minimum=1)
-    per_node = section.integer("gpus_per_node", profile.gpus_per_node, minimum=1)
-    if per_node > profile.gpus_per_node:
-        raise section.error(f"profile {profile.name} has {profile.gpus_per_node} GPUs per node", "gpus_per_node")
+    nodes, per_node = _profile_shape(section, profile.gpus_per_node, profile.name)
     devices = [
         Device(
             name=f"gpu{i}",
@@ -260,6 +257,31 @@ def _profile_cluster(section: Section, scale: float, memory_override: float | No
         profile.inter_bandwidth * profile.inter_efficiency * scale,
         profile.inter_latency,
     )
+
+
+def _profile_shape(section: Section, gpus_per_node: int, profile: str) -> tuple[int, int]:
+    """``(nodes, GPUs per node)`` of a profile cluster.
+
+    ``devices: N`` counts GPUs (one partial node when ``N`` fits in a node, else whole
+    nodes), so ``{profile: h100-sxm, devices: 1}`` is one GPU rather than a silently
+    ignored key and a full node.
+    """
+    if "devices" in section:
+        if "nodes" in section or "gpus_per_node" in section:
+            raise section.error("give either devices: or nodes:/gpus_per_node: with a profile, not both", "devices")
+        count = section.integer("devices", minimum=1)
+        if count <= gpus_per_node:
+            return 1, count
+        if count % gpus_per_node:
+            raise section.error(f"devices: {count} is not a whole number of {profile} nodes of {gpus_per_node} GPUs "
+                                f"(use {count // gpus_per_node * gpus_per_node} or {(count // gpus_per_node + 1) * gpus_per_node}, "
+                                "or nodes: + gpus_per_node:)", "devices")
+        return count // gpus_per_node, gpus_per_node
+    nodes = section.integer("nodes", 1, minimum=1)
+    per_node = section.integer("gpus_per_node", gpus_per_node, minimum=1)
+    if per_node > gpus_per_node:
+        raise section.error(f"profile {profile} has {gpus_per_node} GPUs per node", "gpus_per_node")
+    return nodes, per_node
 
 
 def _custom_cluster(section: Section, scale: float, memory_override: float | None) -> Cluster:

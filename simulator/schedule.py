@@ -41,7 +41,8 @@ the full buffer in the nccl-tests convention; ``algorithm`` is ``ring`` (default
 ``hierarchical``; ``stream`` is ``comm`` (default) or ``compute``; ``after`` lists tasks
 that must finish first, ``before`` tasks that wait for it; an all-to-all may give a
 ``matrix`` of bytes per (sender, receiver), a broadcast a ``root`` index and ``chunks``.
-See :mod:`simulator.collectives` for the algorithms.
+``"priced": true`` replays the call by its α–β price instead of its steps' transfers
+(see :class:`CollectiveCall`). See :mod:`simulator.collectives` for the algorithms.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ class CollectiveCall:
 
     It starts when every member of ``collective.group`` has reached it on its ``stream``
     and every task in ``after`` has finished; tasks in ``before`` start after it ends.
+
+    A ``priced`` call moves nothing on links: it holds its members' streams for
+    :func:`simulator.collectives.collective_time` (its steps' α–β cost on the idle
+    cluster), so it neither slows nor is slowed by other traffic, and costs one event to
+    replay instead of one per transfer. Members of its group that the schedule does not
+    list at all (replicas left out of the replay, identical by symmetry) are taken to
+    arrive with the others.
     """
 
     name: str
@@ -84,6 +92,7 @@ class CollectiveCall:
     stream: str = "comm"
     after: tuple[Task, ...] = ()
     before: tuple[Task, ...] = ()
+    priced: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "after", tuple(self.after))
@@ -262,7 +271,7 @@ def _parse_collective_entry(value: dict, file: str | None, where: str, calls: Ma
     return Entry((), collective=calls[name])
 
 
-_CALL_KEYS = {"op", "group", "bytes", "algorithm", "stream", "after", "before", "matrix", "root", "chunks"}
+_CALL_KEYS = {"op", "group", "bytes", "algorithm", "stream", "after", "before", "matrix", "root", "chunks", "priced"}
 
 
 def _parse_collectives(section: Any, file: str | None) -> dict[str, CollectiveCall]:
@@ -295,7 +304,8 @@ def _parse_call(name: str, spec: Any, file: str | None, where: str) -> Collectiv
                                 None if spec.get("chunks") is None else int(spec["chunks"]))
     except InputError as exc:
         raise InputError(exc.message, file=file, field=f"{where}.{exc.field}") from None
-    return CollectiveCall(name, collective, spec.get("stream", "comm"), tasks["after"], tasks["before"])
+    return CollectiveCall(name, collective, spec.get("stream", "comm"), tasks["after"], tasks["before"],
+                          priced=spec.get("priced", False))
 
 
 def _check_call_values(spec: dict, file: str | None, where: str) -> None:
@@ -309,6 +319,8 @@ def _check_call_values(spec: dict, file: str | None, where: str) -> None:
     matrix = spec.get("matrix")
     if matrix is not None and not (isinstance(matrix, list) and all(isinstance(r, list) and all(map(number, r)) for r in matrix)):
         raise InputError("expected a list of rows of bytes (one row per sender)", file=file, field=f"{where}.matrix")
+    if not isinstance(spec.get("priced", False), bool):
+        raise InputError(f"expected true or false, got {spec['priced']!r}", file=file, field=f"{where}.priced")
     if spec.get("stream", "comm") not in STREAMS:
         raise InputError(f"unknown stream {spec['stream']!r} (expected compute or comm)", file=file, field=f"{where}.stream")
 
@@ -377,6 +389,8 @@ def _call_to_json(call: CollectiveCall) -> dict:
         out["after"] = [str(t) for t in call.after]
     if call.before:
         out["before"] = [str(t) for t in call.before]
+    if call.priced:
+        out["priced"] = True
     if c.matrix is not None:
         out["matrix"] = [list(row) for row in c.matrix]
     if c.op == "broadcast":

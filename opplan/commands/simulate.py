@@ -17,7 +17,7 @@ from opplan.commands.common import (
 )
 from opplan.output import check_outputs
 from simulator.engine import replay
-from simulator.errors import ScheduleRejected
+from simulator.errors import InputError, ScheduleRejected
 from simulator.metrics import build_report
 from simulator.report import print_report
 from simulator.scenario import load_scenario
@@ -42,8 +42,11 @@ def _replay_naming(scenario, schedule, used: Path | None):
 @builtin_option
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace ('-': stdout)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON ('-': stdout)")
+@click.option("--collectives", type=click.Choice(["auto", "links", "priced"]), default="auto", show_default=True,
+              help="a parallel: layout's collectives: steps on links, priced (alpha-beta), or links up to 300k transfers")
 @limit_options
-def simulate(scenario: Path, schedule_path: Path | None, builtin: str | None, trace_path: Path | None, json_path: Path | None) -> None:
+def simulate(scenario: Path, schedule_path: Path | None, builtin: str | None, trace_path: Path | None, json_path: Path | None,
+             collectives: str) -> None:
     """Replay a schedule (a file, or --builtin NAME) on the scenario's cluster and print the report.
 
     A scenario with a ``parallel:`` layout and no schedule replays that layout's training step."""
@@ -52,8 +55,10 @@ def simulate(scenario: Path, schedule_path: Path | None, builtin: str | None, tr
     problem_scenario = load_scenario(scenario)
     if schedule_path is None and builtin is None and problem_scenario.schedule_file is None \
             and problem_scenario.parallel is not None and problem_scenario.serving is None:
-        _simulate_layout(problem_scenario, scenario, json_path=json_path, trace_path=trace_path)
+        _simulate_layout(problem_scenario, scenario, json_path=json_path, trace_path=trace_path, collectives=collectives)
         return
+    if collectives != "auto":
+        raise InputError("applies to a scenario's parallel: layout, not to a schedule", field="--collectives")
     schedule, used = schedule_for(problem_scenario, scenario, schedule_path, builtin)
     inputs = [scenario, used]
     check_outputs({"--json": json_path, "--trace": trace_path}, inputs=inputs)
@@ -65,15 +70,16 @@ def simulate(scenario: Path, schedule_path: Path | None, builtin: str | None, tr
         raise ScheduleRejected(list(timeline.violations), file=str(used or scenario))
 
 
-def _simulate_layout(loaded, scenario: Path, *, json_path: Path | None, trace_path: Path | None) -> None:
+def _simulate_layout(loaded, scenario: Path, *, json_path: Path | None, trace_path: Path | None, collectives: str) -> None:
     """Replay the scenario's ``parallel:`` layout for one training step (what ``compare`` lists as ``scenario``)."""
     from planner.layouts.build import build_layout_run
     from planner.layouts.compare import render_layout_rows
     from planner.layouts.step import describe_layout, step_result
 
-    run = build_layout_run(loaded, loaded.parallel, "scenario")
+    run = build_layout_run(loaded, loaded.parallel, "scenario", collectives=collectives)
     timeline = replay(run.problem, run.schedule)
-    print_report(build_report(timeline), title=f"{loaded.name}: layout {describe_layout(loaded.parallel)} (replayed ranks)")
+    how = "replayed ranks" + (", collectives priced" if run.collectives == "priced" else "")
+    print_report(build_report(timeline), title=f"{loaded.name}: layout {describe_layout(loaded.parallel)} ({how})")
     render_layout_rows([step_result(run, timeline, "scenario")], title=f"{loaded.name}: one training step")
     write_reports(timeline, json_path=json_path, trace_path=trace_path, inputs=[scenario])
     if timeline.violations:

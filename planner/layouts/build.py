@@ -24,18 +24,30 @@ all-reduce would cost more than :data:`TP_REPLAY_TRANSFERS` simulated transfers,
 ranks of a stage (identical by symmetry) are represented by their first, whose unit
 durations include its TP collectives priced by :func:`simulator.collectives.collective_time`
 on the real TP group (NVLink inside a node: links no other traffic of the slice uses).
+
+Collectives (``collectives=``): ``links`` replays every collective's steps as transfers
+on the real links (exact, contention included); ``priced`` makes every collective a
+priced call (:class:`simulator.schedule.CollectiveCall`): it holds its members for its
+idle-cluster α–β time on the real group and topology, with no transfers and no phantom
+members; ``auto`` (the default) replays links unless that would run more than
+``event_budget`` transfers and phantom entries (:func:`link_events`), then prices; on links
+it prices the collectives no other traffic can slow (:func:`simulator.contention.uncontended`:
+the same replay to float rounding, with one event per such call instead of its transfers).
+Priced and links agree exactly when no two transfers share a link; where they do (DP
+buckets under pipeline sends on one NIC, two all-to-alls at once), links is slower.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from planner.layouts.context import Context
+from planner.layouts.context import PRICED_GROUP, Context
 from planner.layouts.expand import expand_all
 from planner.schedules import generate
-from simulator.collectives import Collective, collective_time
+from simulator.collectives import Collective, collective_steps, collective_time
+from simulator.contention import price_calls, uncontended
 from simulator.errors import InputError
 from simulator.graph import Edge, Operator, OperatorGraph, chain_graph
 from simulator.hybrid import Unit, model_units, stage_units
@@ -48,10 +60,15 @@ from simulator.schedule import Schedule
 from simulator.shapes import ModelShape
 from simulator.yamlio import Section
 
-__all__ = ["FULL_REPLAY_DEVICES", "TP_REPLAY_TRANSFERS", "LayoutRun", "build_layout_run", "shape_of"]
+__all__ = ["COLLECTIVE_MODES", "FULL_REPLAY_DEVICES", "LINK_REPLAY_EVENTS", "TP_REPLAY_TRANSFERS", "LayoutRun",
+           "build_layout_run", "link_events", "pipeline_schedule", "shape_of"]
 
 FULL_REPLAY_DEVICES = 16
 TP_REPLAY_TRANSFERS = 300_000
+COLLECTIVE_MODES = ("auto", "links", "priced")
+#: ``auto`` replays collectives on links up to this many events (:func:`link_events`: about
+#: 10 s of replay on one core, ~30 us a transfer), and prices them above.
+LINK_REPLAY_EVENTS = 300_000
 #: A layout whose replay would run more unit tasks than this is refused (one line) rather
 #: than left running for minutes: about 20 s of replay on one core.
 MAX_TASKS = 2_000_000
@@ -75,6 +92,8 @@ class LayoutRun:
     dp_replicas: int
     #: Seconds of TP communication folded into each simulated device's task durations.
     priced_tp: Mapping[str, float] = field(default_factory=dict)
+    #: How the schedule's collectives replay: ``links`` (steps on links) or ``priced``.
+    collectives: str = "links"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priced_tp", MappingProxyType(dict(self.priced_tp)))
@@ -117,7 +136,7 @@ def _modes(units: tuple[Unit, ...], layout: Layout) -> tuple[str, int]:
     return ("replay" if transfers <= TP_REPLAY_TRANSFERS else "priced"), replicas
 
 
-def _pipeline(scenario: Scenario, layout: Layout) -> Schedule:
+def pipeline_schedule(scenario: Scenario, layout: Layout) -> Schedule:
     """The layout's pipeline schedule generated on a chain of ``layout.stages`` stages."""
     problem = scenario.problem
     chain = chain_graph(f"{scenario.name}-stages", layout.stages, {"F": 1.0, "B": 1.0, "W": 1.0})
@@ -156,8 +175,49 @@ def _graph(ctx: Context, operators: tuple[Operator, ...], name: str) -> Operator
     return OperatorGraph(name=name, operators=operators, edges=tuple(edges))
 
 
-def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> LayoutRun:
-    """The problem and schedule that replay ``layout`` on ``scenario``'s model and cluster."""
+def build_layout_run(scenario: Scenario, layout: Layout, name: str = "", pipeline: Schedule | None = None,
+                     collectives: str = "auto", event_budget: float = LINK_REPLAY_EVENTS) -> LayoutRun:
+    """The problem and schedule that replay ``layout`` on ``scenario``'s model and cluster; ``pipeline``
+    (a stage-level schedule on the first ``pp`` devices) replaces the layout's built-in one; its
+    collectives on links or priced (``collectives``: ``auto``, ``links``, ``priced``)."""
+    if collectives not in COLLECTIVE_MODES:
+        raise ValueError(f"collectives must be one of {COLLECTIVE_MODES}, not {collectives!r}")
+    if collectives == "links":
+        return _build(scenario, layout, name, pipeline, priced=False)
+    priced = _build(scenario, layout, name, pipeline, priced=True)
+    if collectives == "priced" or link_events(priced, frozenset(priced.schedule.collectives)) > event_budget:
+        return priced  # even with every call exact-priced, the phantom members alone are over budget
+    if link_events(priced, uncontended(priced.problem, priced.schedule)) > event_budget:
+        return priced
+    links = _build(scenario, layout, name, pipeline, priced=False)
+    return replace(links, schedule=price_calls(links.schedule, uncontended(links.problem, links.schedule)))
+
+
+def link_events(run: LayoutRun, exact: frozenset[str] = frozenset()) -> int:
+    """What replaying ``run``'s collectives on links costs, in replay events: every
+    point-to-point transfer of every step (one for a stand-in: a group of
+    :data:`PRICED_GROUP` or more ranks with one replayed member, and for a call in
+    ``exact``, priced since nothing contends with it), plus one entry per member outside
+    the replayed slice (a phantom device's place in the call)."""
+    simulated = set(run.simulated)
+    cluster = run.problem.cluster
+    sizes: dict[Collective, int] = {}
+    total = 0
+    for call in run.schedule.collectives.values():
+        c = call.collective
+        inside = sum(d in simulated for d in c.group)
+        total += len(c.group) - inside
+        if call.name in exact or (len(c.group) >= PRICED_GROUP and inside == 1):
+            total += 1
+            continue
+        if c not in sizes:
+            sizes[c] = sum(len(step) for step in collective_steps(c, cluster))
+        total += sizes[c]
+    return total
+
+
+def _build(scenario: Scenario, layout: Layout, name: str, pipeline: Schedule | None, priced: bool) -> LayoutRun:
+    """The run with every collective on links, or every collective priced."""
     shape = shape_of(scenario)
     units = model_units(scenario.problem.graph, shape, layout, scenario.problem.cluster.devices[0])
     tp_mode, replicas = _modes(units, layout)
@@ -166,18 +226,20 @@ def build_layout_run(scenario: Scenario, layout: Layout, name: str = "") -> Layo
     if scenario.problem.workload.mode != "training" or tasks > MAX_TASKS:
         why = "layouts replay training steps" if tasks <= MAX_TASKS else f"{tasks:,} tasks to replay (at most {MAX_TASKS:,})"
         raise InputError(why, file=scenario.file or None, field="workload.mode" if tasks <= MAX_TASKS else "parallel")
-    pipeline = _pipeline(scenario, layout)
+    pipeline = pipeline or pipeline_schedule(scenario, layout)
     ctx = Context(layout, units, stage_units(layout, len(shape.layers)), scenario.problem.cluster.device_names, tp_mode,
-                  replicas, pipeline, scenario.problem.cluster)
+                  replicas, pipeline, scenario.problem.cluster, priced)
     cluster = scenario.problem.cluster
     tp_prices = _tp_seconds(units, layout, scenario) if tp_mode == "priced" else {}
     operators = _operators(ctx, shape, tp_prices)
     problem = Problem(_graph(ctx, operators, f"{scenario.name}-{name or 'layout'}"), cluster,
                       Workload(layout.micro_batches, fb_overlap=scenario.problem.workload.fb_overlap))
     lists, phantoms = expand_all(ctx)
-    schedule = Schedule.from_lists(lists, name=name or layout.schedule, meta={"generator": "planner.layouts", "tp": tp_mode})
-    priced = {d: _priced_total(ctx, tp_prices, d) for d in ctx.simulated} if tp_prices else {}
-    return LayoutRun(scenario, layout, shape, units, problem, schedule, ctx.simulated, phantoms, tp_mode, replicas, priced)
+    schedule = Schedule.from_lists(lists, name=name or layout.schedule,
+                                   meta={"generator": "planner.layouts", "tp": tp_mode, "collectives": "priced" if priced else "links"})
+    priced_tp = {d: _priced_total(ctx, tp_prices, d) for d in ctx.simulated} if tp_prices else {}
+    return LayoutRun(scenario, layout, shape, units, problem, schedule, ctx.simulated, phantoms, tp_mode, replicas,
+                     priced_tp, "priced" if priced else "links")
 
 
 def _priced_total(ctx: Context, tp_prices: Mapping, device: str) -> float:

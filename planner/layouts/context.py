@@ -33,7 +33,10 @@ class Context:
     replicas: int
     pipeline: Schedule
     cluster: Cluster | None = None
+    #: Every collective a priced call (no transfers, no stand-ins, no phantom members).
+    priced: bool = False
     calls: dict[str, CollectiveCall] = field(default_factory=dict)
+    prices: dict[Collective, float] = field(default_factory=dict)
 
     @cached_property
     def copies(self) -> tuple[Copy, ...]:
@@ -84,8 +87,8 @@ class Context:
         name = f"{tag}@{group[0]}"
         found = self.calls.get(name)
         if found is None:
-            collective = self._stand_in(op, size, group) or Collective(op, group, size)
-            found = self.calls[name] = CollectiveCall(name, collective, stream, tuple(after), tuple(before))
+            collective = (None if self.priced else self._stand_in(op, size, group)) or Collective(op, group, size)
+            found = self.calls[name] = CollectiveCall(name, collective, stream, tuple(after), tuple(before), self.priced)
         elif after or before:  # another member's tasks: the call waits for every member's
             found = self.calls[name] = replace(found, after=found.after + tuple(after), before=found.before + tuple(before))
         return found
@@ -107,7 +110,10 @@ class Context:
             return None
         i = inside[0]
         j = (i + 1) % len(group)
-        seconds = collective_time(Collective(op, group, size), self.cluster)
+        real = Collective(op, group, size)
+        seconds = self.prices.get(real)
+        if seconds is None:  # a layer's all-to-all repeats every micro-batch: price it once
+            seconds = self.prices[real] = collective_time(real, self.cluster)
         route = self.cluster.route(group[i], group[j])
         size = max(0.0, seconds - route.latency) * route.bandwidth
         matrix = [[0.0] * len(group) for _ in group]

@@ -9,7 +9,8 @@ and ``W`` walk the units in reverse. A fused ``B+W`` slot (1F1B's full backward)
 overlapped ``F&B`` slot (DualPipe) becomes its F units then its B units, which takes the
 same time when ``fb_overlap`` is 0. Collectives are named by what they reduce and by
 their group, so every member lists the same call; members outside the replayed slice
-(other data-parallel replicas) list only the collectives they share with it.
+(other data-parallel replicas) list only the collectives they share with it, unless the
+collectives are priced (then they list nothing: a priced call does not wait for them).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def expand_all(ctx: Context) -> tuple[dict[str, list], tuple[str, ...]]:
             for entry in entries:
                 compute += _expand_entry(ctx, entry, copy, device)
             lists[device] = compute + comm_stream(ctx, compute, device)
-    phantoms = _add_phantoms(ctx, lists)
+    phantoms = _add_phantoms(ctx, lists) if not ctx.priced else ()
     return {device: [ctx.final(item) for item in items] for device, items in lists.items()}, phantoms
 
 

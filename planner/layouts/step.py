@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from planner.layouts.build import LayoutRun, build_layout_run
+from planner.layouts.build import LINK_REPLAY_EVENTS, LayoutRun, build_layout_run
 from simulator.collectives import Collective, collective_time
 from simulator.engine import Timeline, replay
 from simulator.hybrid import GATHER_BYTES, optimizer_seconds
@@ -180,6 +180,8 @@ def _simulated(run: LayoutRun) -> str:
         what += f" +{len(run.phantoms)} in coll."
     if run.tp_mode == "priced":
         what += ", TP priced"
+    if run.collectives == "priced" and run.schedule.collectives:
+        what += ", collectives priced"
     return what
 
 
@@ -199,7 +201,9 @@ def describe_layout(layout: Layout) -> str:
     return " ".join(parts) or "single"
 
 
-def simulate_layout(scenario: Scenario, layout: Layout, name: str = "") -> StepResult:
-    """Build, replay and measure ``layout`` on ``scenario``."""
-    run = build_layout_run(scenario, layout, name)
+def simulate_layout(scenario: Scenario, layout: Layout, name: str = "", collectives: str = "auto",
+                    event_budget: float = LINK_REPLAY_EVENTS) -> StepResult:
+    """Build, replay and measure ``layout`` on ``scenario`` (collectives as
+    :func:`planner.layouts.build.build_layout_run` takes them)."""
+    run = build_layout_run(scenario, layout, name, collectives=collectives, event_budget=event_budget)
     return step_result(run, replay(run.problem, run.schedule), name or describe_layout(layout))

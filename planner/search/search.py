@@ -12,6 +12,13 @@
    not replayed is then provably no faster (the *certificate*), or when the time limit
    is reached (the bound left is then the lower bound over the whole space, and the gap
    is reported). Replays whose timeline violates memory are infeasible, never the plan.
+5. Iterate with the lower level (:mod:`planner.search.lower`): the replayed pipeline
+   layouts that could still beat the incumbent (bound below it, replay within
+   :data:`LOWER_WITHIN` of it, a gap between replay and bound) get, smallest bound first,
+   the scheduling MIP on their pipeline order and its DP communication; a faster replay
+   becomes the incumbent, which prunes more of the heap, and the best-first replays
+   resume with the layouts still below it. Bounds hold for *any* schedule of a layout,
+   so the certificate compares against them unchanged.
 """
 
 from __future__ import annotations
@@ -26,11 +33,27 @@ from planner.search.bounds import Bound
 from planner.search.context import SearchContext
 from planner.search.cuts import MIP_SCHEDULES, balanced_cut, max_stage_seconds
 from planner.search.evaluate import OUT_OF_TIME, Evaluator, evaluator
+from planner.search.lower import LowerOutcome, improve_layout
 from planner.search.space import enumerate_layouts
 from simulator.layout import Layout
 from simulator.scenario import Scenario
 
-__all__ = ["SearchResult", "Replayed", "search_layouts"]
+__all__ = ["LOWER_SHARE", "LOWER_WITHIN", "SearchResult", "Replayed", "search_layouts"]
+
+#: Share of the time limit the best-first replays leave to the lower level (they get it back
+#: when no pipeline layout is worth the lower level's time).
+LOWER_SHARE = 0.4
+#: A pipeline layout gets the lower level when its replay is within this fraction of the
+#: incumbent (the lower level reorders passes and communication; it saved 0-3 % here).
+LOWER_WITHIN = 0.05
+#: ... and its replay is at least this far above its bound (else there is nothing to win).
+LOWER_MIN_GAP = 0.002
+#: Seconds of solving below which a lower-level run is not started.
+LOWER_MIN_SECONDS = 1.0
+#: Seconds of solving a lower-level run gets per stage task (F, B, W of a stage and micro-batch),
+#: at least :data:`LOWER_MIN_SECONDS` x 2 and at most the lower level's share of the time limit:
+#: CP-SAT's improvements on the realistic pipelines came within about this.
+LOWER_SECONDS_PER_TASK = 0.02
 
 
 @dataclass(frozen=True)
@@ -39,6 +62,10 @@ class Replayed:
     bound: Bound
     result: StepResult | None
     refused: str = ""
+    #: Who ordered the plan's pipeline: "built-in schedule" or "lower level: <engine>".
+    engine: str = "built-in schedule"
+    seconds: float = 0.0  # wall-clock seconds of its replay
+    lower: LowerOutcome | None = None  # the lower level's run that gave this result
 
     @property
     def feasible(self) -> bool:
@@ -66,6 +93,8 @@ class SearchResult:
     timed_out: bool = False
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
+    #: Every lower-level run, in the order they ran.
+    lower: list[LowerOutcome] = field(default_factory=list)
 
     @property
     def gap(self) -> float:
@@ -85,6 +114,8 @@ class _State:
     rate: float = 0.0  # least replay seconds per unit task seen (serial time guard)
     skipped: list = field(default_factory=list)
     incomplete: bool = False
+    tried: set = field(default_factory=set)  # layouts the lower level has run on
+    limit: float = 0.0  # the search's time limit, seconds
 
     def push(self, bound: Bound, layout: Layout, cut_done: bool) -> None:
         """Into the heap by bound; among equal bounds the cheaper replay first."""
@@ -145,15 +176,19 @@ def _size(layout: Layout, units: int) -> float:
     return layout.micro_batches * units * replicas * layout.tp * layout.cp
 
 
-def _dispatch(state: _State, ev: Evaluator, slots: int, serial: bool) -> None:
-    """Submit the best-bounded layouts while slots are free and their bound can still win."""
+def _dispatch(state: _State, ev: Evaluator, slots: int, serial: bool, until: float) -> None:
+    """Submit the best-bounded layouts while slots are free and their bound can still win, until
+    ``until`` (a serial replay that would end after it waits in the heap for the next round)."""
     units = len(state.ctx.shape.layers) + 2
-    while state.heap and ev.pending() < slots and state.heap[0][0] < state.best_step and time.monotonic() < state.deadline:
+    while state.heap and ev.pending() < slots and state.heap[0][0] < state.best_step and time.monotonic() < until:
         _, _, _, layout, bound, cut_done = heapq.heappop(state.heap)
         if not cut_done:
             _refine(state, layout)
             continue
-        if serial and state.rate and time.monotonic() + state.rate * _size(layout, units) > state.deadline:
+        if serial and state.rate and time.monotonic() + state.rate * _size(layout, units) > until:
+            if until < state.deadline:
+                state.push(bound, layout, cut_done)
+                return
             state.skipped.append(bound.time)  # would not finish in time: never replayed, its bound still counts
             continue
         state.counter += 1
@@ -171,10 +206,57 @@ def _collect(state: _State, finished: list) -> None:
             continue
         rate = (time.monotonic() - started) / _size(layout, units)
         state.rate = min(state.rate, rate) if state.rate else rate
-        item = Replayed(layout, bound, result if not isinstance(result, str) else None, result if isinstance(result, str) else "")
+        item = Replayed(layout, bound, result if not isinstance(result, str) else None, result if isinstance(result, str) else "",
+                        seconds=time.monotonic() - started)
         state.out.replayed.append(item)
         if item.feasible and item.result.step < state.best_step:
             state.out.best = item
+
+
+def _lower_candidates(state: _State) -> list[Replayed]:
+    """Replayed pipeline layouts the lower level could make the plan: smallest bound first (the
+    most it could reach), then the largest gap between replay and bound, then the most exposed
+    communication (what reordering the passes can hide)."""
+    best = state.best_step
+    out = [r for r in state.out.replayed
+           if r.feasible and r.layout.pp > 1 and _stage_key(r.layout) not in state.tried and r.bound.time < best * (1 - 1e-9)
+           and r.result.step <= best * (1 + LOWER_WITHIN) and r.result.step > r.bound.time * (1 + LOWER_MIN_GAP)]
+    return sorted(out, key=lambda r: (r.bound.time, r.bound.time - r.result.step, -r.result.comm_exposed))
+
+
+def _stage_key(layout: Layout) -> Layout:
+    """Layouts with the same stage problem (the ZeRO stage is moot without data parallelism)."""
+    alone = layout.dp * layout.cp == 1 and layout.expert_dp == 1
+    return replace(layout, zero=0) if alone else layout
+
+
+def _run_lower(state: _State, item: Replayed, margin: float, log: Callable[[str], None] | None) -> None:
+    """The lower level on ``item``'s layout with the time its replay leaves; a faster replay
+    becomes the incumbent."""
+    state.tried.add(_stage_key(item.layout))
+    left = state.deadline - margin - time.monotonic() - (1.5 * item.seconds + 0.5)  # its replay, and building the model
+    tasks = 3 * item.layout.stages * item.layout.micro_batches
+    solve = min(left, LOWER_SHARE * state.limit, max(2 * LOWER_MIN_SECONDS, LOWER_SECONDS_PER_TASK * tasks))
+    if solve < LOWER_MIN_SECONDS:
+        return
+    try:
+        outcome = improve_layout(state.ctx.scenario_for(item.layout), item.layout, time_limit=solve, warm=item.result)
+    except Exception as exc:  # noqa: BLE001 — an improver's failure must not cost the user the plan already found
+        state.out.messages.append(f"lower level failed on {item.result.layout}: {type(exc).__name__}: {exc}")
+        return
+    state.out.lower.append(outcome)
+    if log:
+        log(f"lower level on {item.result.layout} (mbs {item.layout.micro_batch_size}): {_describe(outcome)}")
+    if outcome.kept and outcome.step < state.best_step:
+        state.out.best = replace(item, result=outcome.result, engine=f"lower level: {outcome.engine}", lower=outcome)
+
+
+def _describe(outcome: LowerOutcome) -> str:
+    if not outcome.kept:
+        return f"built-in {outcome.warm_step * 1e3:.1f} ms kept ({outcome.engine}: {outcome.note}) in {outcome.seconds:.1f} s"
+    return (f"built-in {outcome.warm_step * 1e3:.1f} ms -> {outcome.step * 1e3:.1f} ms ({outcome.engine}; stage model"
+            f" {outcome.model_warm * 1e3:.1f} -> {outcome.model_makespan * 1e3:.1f} ms, its bound"
+            f" {outcome.model_bound * 1e3:.1f} ms) in {outcome.seconds:.1f} s")
 
 
 def _finish(state: _State, started: float) -> SearchResult:
@@ -187,26 +269,41 @@ def _finish(state: _State, started: float) -> SearchResult:
     return out
 
 
+def _best_first(state: _State, ev: Evaluator, slots: int, serial: bool, until: float, margin: float) -> None:
+    """Replay the best-bounded layouts, dispatching until ``until``, each replay collected by the deadline."""
+    while True:
+        _dispatch(state, ev, slots, serial, until)
+        if not ev.pending():
+            return
+        remaining = state.deadline - margin - time.monotonic()
+        if remaining <= 0:
+            state.out.timed_out = True
+            return
+        _collect(state, ev.done(remaining))
+
+
 def search_layouts(scenario: Scenario, *, time_limit: float = 60.0, workers: int = 0, scheduler: str | None = None,
                    log: Callable[[str], None] | None = None) -> SearchResult:
-    """Best-first search of ``scenario``'s hybrid space within ``time_limit`` seconds of wall clock."""
+    """Best-first search of ``scenario``'s hybrid space within ``time_limit`` seconds of wall clock,
+    iterating with the lower level on the most promising pipeline layouts."""
     started = time.monotonic()
-    state = _State(SearchContext(scenario), SearchResult(), started + time_limit)
+    state = _State(SearchContext(scenario), SearchResult(), started + time_limit, limit=time_limit)
     _seed(state)
     if log:
         log(f"{state.out.enumerated} layouts enumerated, {state.out.pruned_memory} over memory by the lower bound")
     serial = workers == 0 and scheduler is None
     slots = 1 if serial else max(1, workers) * 2
     margin = 0.0 if serial else min(3.0, 0.05 * time_limit)  # closing the Dask cluster
+    until = started + (1 - LOWER_SHARE) * time_limit
     with evaluator(scenario, workers=workers, scheduler=scheduler) as ev:
-        while True:
-            _dispatch(state, ev, slots, serial)
-            if not ev.pending():
+        while time.monotonic() < state.deadline - margin:
+            _best_first(state, ev, slots, serial, until, margin)
+            candidate = next(iter(_lower_candidates(state)), None)
+            if candidate is not None:
+                _run_lower(state, candidate, margin, log)
+            elif until >= state.deadline or time.monotonic() >= state.deadline - margin:
                 break
-            remaining = state.deadline - margin - time.monotonic()
-            if remaining <= 0:
-                state.out.timed_out = True
-                break
-            _collect(state, ev.done(remaining))
+            else:
+                until = state.deadline  # no lower-level work left: the rest of the time to replays
     state.out.timed_out = state.out.timed_out or bool(state.heap and state.heap[0][0] < state.best_step) or bool(state.skipped)
     return _finish(state, started)
