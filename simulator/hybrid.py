@@ -43,12 +43,13 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from simulator.cluster import Device
-from simulator.graph import Operator, OperatorGraph
+from simulator.graph import OperatorGraph
 from simulator.layout import Layout
 from simulator.memory_model import GRAD_BYTES, WEIGHT_BYTES, layer_activations
 from simulator.shapes import LayerMemory, ModelShape
 
-__all__ = ["Unit", "HBM_BANDWIDTH", "ADAM_BYTES_PER_PARAM", "unit_of_group", "model_units", "stage_units", "optimizer_seconds"]
+__all__ = ["Unit", "UnitWork", "model_work", "HBM_BANDWIDTH", "ADAM_BYTES_PER_PARAM", "unit_of_group", "model_units",
+           "stage_units", "optimizer_seconds"]
 
 #: HBM bandwidth (bytes/s) by device type, datasheet figures (shared/reference/hardware.md):
 #: H100 SXM5 and H800 SXM 3.35 TB/s, A100 SXM 80GB 2.039 TB/s.
@@ -137,23 +138,50 @@ def _row_parallel_blocks(unit: str, ops: list) -> tuple[int, int]:
     return blocks + (1 if experts else 0), blocks + (1 if experts else 0)
 
 
-def _op_seconds(op: Operator, kind: str, device: Device, split: int) -> float:
-    """One rank's share of ``op``'s ``kind`` pass: measured or modelled time, launches not split."""
-    measured = op.measured_time(device.type, kind)
-    if measured is not None:
-        return measured / split
-    if op.work:
-        work = op.work.get(kind, {})
-        return device.work_time({c: a if c == "launch" else a / split for c, a in work.items()})
-    return op.flops.get(kind, 0.0) / device.effective_flops / split
+@dataclass(frozen=True)
+class UnitWork:
+    """A unit's operators summed once, whatever the layout: per pass its FLOPs, the seconds of its
+    measured (or FLOP-only) operators and its modelled work per class on one device type, the
+    row-parallel blocks, the all-to-all send buffers and the bytes leaving it.
+    :meth:`simulator.cluster.Device.work_time` is linear in each class's amount, so the sum of
+    the operators' times is the time of their summed work (a DeepSeek-V3 layer has 700 operators)."""
+
+    flops: Mapping[str, float]
+    fixed: Mapping[str, float]
+    work: Mapping[str, Mapping[str, float]]
+    blocks: tuple[int, int]
+    comm: tuple[float, ...]
+    stream: float
+
+    def seconds(self, kind: str, device: Device, split: int) -> float:
+        """One rank's share of the ``kind`` pass: every class but kernel launches divided by ``split``."""
+        work = self.work[kind]
+        return self.fixed[kind] / split + device.work_time({c: a if c == "launch" else a / split for c, a in work.items()})
 
 
-def _unit_costs(name: str, ops: list, memory: LayerMemory, layout: Layout, stream: float, index: int | None,
-                device: Device) -> Unit:
-    split = layout.tp * layout.cp
+def _unit_work(name: str, ops: list, graph: OperatorGraph, device: Device) -> UnitWork:
     compute = [op for op in ops if op.stream == "compute"]
-    flops = {k: sum(op.flops.get(k, 0.0) for op in compute) / split for k in ("F", "B", "W")}
-    seconds = {k: sum(_op_seconds(op, k, device, split) for op in compute) for k in ("F", "B", "W")}
+    fixed = dict.fromkeys(("F", "B", "W"), 0.0)
+    work: dict[str, dict[str, float]] = {k: {} for k in ("F", "B", "W")}
+    for op in compute:
+        for kind in ("F", "B", "W"):
+            measured = op.measured_time(device.type, kind)
+            if measured is not None:
+                fixed[kind] += measured
+            elif op.work:
+                for c, a in op.work.get(kind, {}).items():
+                    work[kind][c] = work[kind].get(c, 0.0) + a
+            else:
+                fixed[kind] += op.flops.get(kind, 0.0) / device.effective_flops
+    flops = {k: sum(op.flops.get(k, 0.0) for op in compute) for k in ("F", "B", "W")}
+    comm = tuple(op.comm_bytes for op in ops if op.stream == "comm" and op.comm_bytes)
+    return UnitWork(flops, fixed, work, _row_parallel_blocks(name, ops), comm, _stream_bytes(graph, ops))
+
+
+def _unit_costs(name: str, unit: UnitWork, memory: LayerMemory, layout: Layout, index: int | None, device: Device) -> Unit:
+    split = layout.tp * layout.cp
+    flops = {k: unit.flops[k] / split for k in ("F", "B", "W")}
+    seconds = {k: unit.seconds(k, device, split) for k in ("F", "B", "W")}
     mode = layout.recompute_mode(index) if index is not None else "none"
     if mode == "full":
         flops["B"] += flops["F"]
@@ -162,9 +190,9 @@ def _unit_costs(name: str, ops: list, memory: LayerMemory, layout: Layout, strea
     opts = {"tp": layout.tp, "cp": layout.cp, "sequence_parallel": layout.sequence_parallel}
     activations = layer_activations(memory, samples, recompute=mode, **opts)
     kept = min(1.0, memory.weight_inputs / memory.activations) if memory.activations else 0.0
-    size = stream / layout.cp
-    forward, backward = _row_parallel_blocks(name, ops)
-    a2a = tuple(op.comm_bytes / layout.cp for op in ops if op.stream == "comm" and op.comm_bytes) if layout.ep > 1 else ()
+    size = unit.stream / layout.cp
+    forward, backward = unit.blocks
+    a2a = tuple(c / layout.cp for c in unit.comm) if layout.ep > 1 else ()
     return Unit(
         name=name,
         layer=index,
@@ -189,18 +217,27 @@ def _stream_bytes(graph: OperatorGraph, ops: list) -> float:
     return max(out or inside or [0.0])
 
 
-def model_units(graph: OperatorGraph, shape: ModelShape, layout: Layout, device: Device) -> tuple[Unit, ...]:
-    """The embedding, every layer and the head, in model order, as one rank of ``layout`` runs them on ``device``."""
+def model_work(graph: OperatorGraph, shape: ModelShape, device: Device) -> dict[str, UnitWork]:
+    """Every unit's operators summed (:class:`UnitWork`), by unit name: what :func:`model_units`
+    needs of the graph, computed once for any number of layouts."""
     grouped: dict[str, list] = {}
     for op in graph.operators:
         grouped.setdefault(unit_of_group(op.group or op.name), []).append(op)
-    order = [(shape.pre.name, None, shape.pre)] + [(m.name, i, m) for i, m in enumerate(shape.layers)]
-    order.append((shape.post.name, None, shape.post))
-    missing = [name for name, _, _ in order if name not in grouped]
+    names = [shape.pre.name, *(m.name for m in shape.layers), shape.post.name]
+    missing = [name for name in names if name not in grouped]
     if missing:
         raise ValueError(f"the graph has no operators for unit {missing[0]!r}")
-    units = tuple(_unit_costs(name, grouped[name], memory, layout, _stream_bytes(graph, grouped[name]), index, device)
-                  for name, index, memory in order)
+    return {name: _unit_work(name, grouped[name], graph, device) for name in names}
+
+
+def model_units(graph: OperatorGraph, shape: ModelShape, layout: Layout, device: Device, *,
+                work: Mapping[str, UnitWork] | None = None) -> tuple[Unit, ...]:
+    """The embedding, every layer and the head, in model order, as one rank of ``layout`` runs them on
+    ``device`` (``work``: :func:`model_work` of the same graph, shape and device, when already known)."""
+    work = work if work is not None else model_work(graph, shape, device)
+    order = [(shape.pre.name, None, shape.pre)] + [(m.name, i, m) for i, m in enumerate(shape.layers)]
+    order.append((shape.post.name, None, shape.post))
+    units = tuple(_unit_costs(name, work[name], memory, layout, index, device) for name, index, memory in order)
     return tuple(_with_context_parallel(u, shape, layout) for u in units) if layout.cp > 1 else units
 
 

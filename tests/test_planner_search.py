@@ -58,6 +58,20 @@ def test_the_time_bound_is_never_above_the_replayed_step(brute):
     assert len(replayed) > 50  # the rest the schedule generators refuse (e.g. ZB-H2 with too few micro-batches)
     for layout, bound, result in replayed:
         assert bound.time <= result.step * (1 + 1e-9), layout
+    assert sum(layout.cp > 1 for layout, _, _ in replayed) > 10  # context parallelism is searched too
+
+
+def test_the_bound_prices_the_context_parallel_kv_ring(brute):
+    """Under CP every layer's F holds the all-gather of K and V and its B the reduce-scatter of
+    their gradients (as the replay runs them, blocking): the bound's passes include their
+    idle-cluster price, so they are longer than the compute alone."""
+    ctx, rows = brute
+    layout = next(layout for layout, _, result in rows if layout.cp > 1 and not isinstance(result, str))
+    costs = ctx.costs(layout)
+    layer = costs.units[1]
+    assert layer.cp_forward and layer.cp_backward
+    assert costs.passes[1]["F"] > layer.seconds["F"] and costs.passes[1]["B"] > layer.seconds["B"]
+    assert costs.passes[1]["W"] == layer.seconds["W"]
 
 
 def test_the_memory_bound_is_never_above_the_replayed_peak(brute):
@@ -182,3 +196,20 @@ def test_only_a_real_opplan_process_counts_its_start_up_against_the_time_limit(m
     assert search_budget(20.0, time.monotonic()) == pytest.approx(20.0 - REPORT_SECONDS, abs=0.05)
     monkeypatch.setitem(startup._STARTUP, "seconds", 3.0)  # `opplan plan` as the program, 3 s of imports
     assert search_budget(20.0, time.monotonic()) == pytest.approx(17.0 - REPORT_SECONDS, abs=0.05)
+
+
+@pytest.mark.parametrize("op", ["all_reduce", "reduce_scatter", "all_gather", "all_to_all"])
+def test_a_price_curve_is_collective_time_at_every_size(op):
+    """The search prices a group once (planner.search.prices) and every size from that: the same
+    seconds as simulator.collectives.collective_time, on rail rings across nodes and inside one."""
+    from planner.search.prices import price_curve
+    from simulator.collectives import Collective, collective_time
+    doc = {"name": "two-nodes", "model": {"type": "transformer", "layers": 2, "hidden": 256, "heads": 4, "ffn": 512,
+           "vocab": 1024, "seq_len": 128}, "cluster": {"profile": "h800-sxm", "nodes": 2},
+           "workload": {"micro_batches": 1}, "objective": {"minimize": "makespan"}}
+    cluster = scenario_from_dict(doc, "two-nodes.yaml").problem.cluster
+    names = cluster.device_names
+    for group in (names, names[:8], names[::2], (names[0], names[9])):
+        curve = price_curve(op, group, cluster)
+        for size in (1.0, 3.3e5, 2.1e8, 7e9):
+            assert curve.seconds(size) == pytest.approx(collective_time(Collective(op, group, size), cluster), rel=1e-12)

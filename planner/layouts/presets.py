@@ -12,7 +12,13 @@ For a scenario with ``N`` devices in nodes of ``k``, global batch ``G`` (the sce
   layers split evenly, DP for the rest, distributed optimizer, 1F1B;
   ``megatron-interleaved`` the same with interleaved 1F1B, 2 virtual stages per rank;
 - ``megatron-moe`` (MoE models): no TP, ``dp = N`` with expert parallelism inside the
-  node (the largest degree ``<= k`` dividing the experts), distributed optimizer.
+  node (the largest degree ``<= k`` dividing the experts), distributed optimizer;
+- ``deepseek-v3`` (MoE models): DeepSeek-V3's training layout (DeepSeek-AI, "DeepSeek-V3
+  Technical Report", arXiv 2412.19437, section 3.2): no TP, 16-way PP with DualPipe, 64-way
+  EP spanning 8 nodes carved out of ZeRO-1 data parallelism. On other clusters: ``pp`` the
+  largest even divisor of ``N`` up to 16 that leaves DualPipe its ``2 pp`` micro-batches and
+  one layer per stage, ``ep`` the largest divisor of ``dp`` up to 64 dividing the experts;
+  refused (one line) where no even ``pp`` applies. Stages cut by cost, as the pipelines below.
 
 Each preset turns on the least activation recomputation that makes every rank fit its GPU
 (per :mod:`simulator.memory_model`). The built-in pipeline schedules run as ``pp = N`` layouts (``dp = 1``) on stages cut by
@@ -77,6 +83,39 @@ def _megatron_interleaved(scenario: Scenario, shape: ModelShape) -> Layout:
     return replace(base, schedule="interleaved-1f1b", vpp=2)
 
 
+#: DeepSeek-V3's pipeline and expert-parallel degrees on 2048 H800 (arXiv 2412.19437, section 3.2).
+DEEPSEEK_PP, DEEPSEEK_EP = 16, 64
+
+
+def _deepseek_pp(n: int, layers: int, batch: int, mbs: int) -> int:
+    """The largest even ``pp <= 16`` dividing ``n`` with a layer per stage and DualPipe's
+    (even, ``>= 2 pp``) micro-batches per replica; 0 when there is none."""
+    for pp in range(min(DEEPSEEK_PP, n, layers), 1, -1):
+        if pp % 2 or n % pp or batch % (n // pp * mbs):
+            continue
+        m = batch // (n // pp * mbs)
+        if m >= 2 * pp and m % 2 == 0:
+            return pp
+    return 0
+
+
+def _deepseek_v3(scenario: Scenario, shape: ModelShape) -> Layout:
+    """PP (DualPipe) x ZeRO-1 DP with EP inside DP, no TP; the least recompute that fits is
+    chosen by :func:`_fitting` (DeepSeek keeps FP8 activations and recomputes only RMSNorm
+    and MLA's up-projections, which this memory model does not represent)."""
+    if not shape.experts:
+        raise InputError("deepseek-v3 needs a mixture-of-experts model", field="model.type")
+    n, batch, mbs = len(scenario.problem.cluster.devices), global_batch(scenario, shape), shape.micro_batch_size
+    pp = _deepseek_pp(n, len(shape.layers), batch, mbs)
+    if not pp:
+        raise InputError(f"deepseek-v3 needs an even pipeline degree dividing the {n} GPUs with DualPipe's 2 pp micro-batches"
+                         f" and a layer per stage ({len(shape.layers)} layers)", field="parallel.pp")
+    dp = n // pp
+    ep = _largest_divisor(min(DEEPSEEK_EP, dp), shape.experts, dp)
+    return Layout(dp=dp, pp=pp, ep=ep, zero=1, schedule="dualpipe", stage_layers=_balanced(scenario, shape, pp),
+                  micro_batch_size=mbs, global_batch_size=batch)
+
+
 def _megatron_moe(scenario: Scenario, shape: ModelShape) -> Layout:
     if not shape.experts:
         raise InputError("megatron-moe needs a mixture-of-experts model", field="model.type")
@@ -93,6 +132,7 @@ PRESETS: dict[str, Callable[[Scenario, ModelShape], Layout]] = {
     "megatron": _megatron,
     "megatron-interleaved": _megatron_interleaved,
     "megatron-moe": _megatron_moe,
+    "deepseek-v3": _deepseek_v3,
 }
 
 

@@ -10,8 +10,11 @@ Time, per pipeline rank ``r`` (every data-parallel replica is the same by symmet
 
 - ``work_r``: the rank's micro-batches times its units' F + B + W (the roofline seconds
   the replay gives each unit, :func:`simulator.hybrid.model_units`; full recompute adds F
-  inside B) plus each unit's TP all-reduces / reduce-scatters + all-gathers and EP all-to-alls
-  priced on an idle cluster by :func:`simulator.collectives.collective_time` — they run
+  inside B) plus each unit's TP all-reduces / reduce-scatters + all-gathers, its context-parallel
+  KV ring (the all-gather of K and V in F, the reduce-scatter of their gradients in B:
+  :func:`simulator.hybrid._with_context_parallel`, replayed blocking) and EP all-to-alls
+  priced on an idle cluster as :func:`simulator.collectives.collective_time` prices them
+  (:mod:`planner.search.prices`) — they run
   on the compute stream, and contention only makes them slower. DualPipe's two
   directions share the micro-batches (``m / 2`` per held stage); with ``fb_overlap`` a
   fused F&B pair may save ``fb_overlap x min(F, B)``, which is subtracted.
@@ -35,11 +38,12 @@ yet), and at least one micro-batch of its lightest stage.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import accumulate
 
+from planner.search.prices import PriceCurve, price_curve
 from simulator.cluster import Cluster
-from simulator.collectives import Collective, collective_time
 from simulator.hybrid import GATHER_BYTES, Unit, optimizer_seconds, stage_units
 from simulator.layout import Layout
 from simulator.memory_model import GRAD_BYTES, rank_memory
@@ -68,30 +72,40 @@ class LayoutCosts:
     #: A layout with these units' degrees (groups are those of its first ranks; schedule and cut unused).
     layout: Layout
     cluster: Cluster
+    #: Idle-cluster prices by op, group (degrees and order) and bytes, shared by every layout of a search (a group
+    #: of 2048 ranks takes milliseconds to price, and thousands of layouts share a few groups).
+    prices: dict = field(default_factory=dict, compare=False, repr=False)
 
     def _group(self, token: str) -> tuple[str, ...]:
-        names = self.cluster.device_names
+        names = self.prices.get("names")
+        if names is None:
+            names = self.prices["names"] = self.cluster.device_names
         return tuple(names[r] for r in self.layout.groups(token)[0])
 
-    @cached_property
-    def _prices(self) -> dict[tuple[str, str, float], float]:
-        return {}
-
     def _price(self, op: str, token: str, size: float) -> float:
-        """Idle-cluster seconds of ``op`` over the first ``token`` group (memoised: layers repeat)."""
-        key = (op, token, size)
-        if key not in self._prices:
-            group = self._group(token)
-            self._prices[key] = collective_time(Collective(op, group, size), self.cluster) if len(group) > 1 and size > 0 else 0.0
-        return self._prices[key]
+        """Idle-cluster seconds of ``op`` over the first ``token`` group (memoised: layers repeat; one
+        :func:`planner.search.prices.price_curve` per group and op)."""
+        layout = self.layout
+        group_key = (op, token, layout.dp, layout.tp, layout.pp, layout.cp, layout.ep, layout.order)
+        key = (*group_key, size)
+        if key not in self.prices:
+            curve = self.prices.get(group_key)
+            if curve is None:  # many degrees share a group (the first TP, CP or EP group is ranks 0..n-1)
+                group = self._group(token)
+                if (op, group) not in self.prices:
+                    self.prices[op, group] = price_curve(op, group, self.cluster) if len(group) > 1 else PriceCurve(())
+                curve = self.prices[group_key] = self.prices[op, group]
+            self.prices[key] = curve.seconds(size)
+        return self.prices[key]
 
     @cached_property
     def passes(self) -> tuple[dict[str, float], ...]:
-        """Per unit: seconds of F, B, W including its TP and EP collectives (compute stream)."""
+        """Per unit: seconds of F, B, W including its TP, CP and EP collectives (compute stream)."""
         out = []
         for u in self.units:
             t = {k: u.seconds[k] for k in ("F", "B", "W")}
             calls = [("F", op, "tp", s) for op, s in u.tp_forward] + [("B", op, "tp", s) for op, s in u.tp_backward]
+            calls += [("F", op, "cp", s) for op, s in u.cp_forward] + [("B", op, "cp", s) for op, s in u.cp_backward]
             calls += [("F" if i < 2 else "B", "all_to_all", "ep", s) for i, s in enumerate(u.all_to_all)]
             for kind, op, token, size in calls:
                 t[kind] += self._price(op, token, size)
@@ -105,11 +119,13 @@ class LayoutCosts:
         return tuple(self._price(op, "dp-cp", GRAD_BYTES * u.dense_params) for u in self.units)
 
 
-def _stage_time(costs: LayoutCosts, units: tuple[int, ...], kind: str) -> float:
+def _stage_times(costs: LayoutCosts, units: tuple[int, ...]) -> dict[str, float]:
+    """Seconds of F, B and W of a stage holding ``units`` (cached per stage)."""
     cache = costs.__dict__.setdefault("_stage_cache", {})
-    if (units, kind) not in cache:
-        cache[units, kind] = sum(costs.passes[u][kind] for u in units)
-    return cache[units, kind]
+    found = cache.get(units)
+    if found is None:
+        found = cache[units] = {k: sum(costs.passes[u][k] for u in units) for k in ("F", "B", "W")}
+    return found
 
 
 def _tail(costs: LayoutCosts, held: set[int]) -> float:
@@ -124,15 +140,17 @@ def _tail(costs: LayoutCosts, held: set[int]) -> float:
     return tail
 
 
-def _rank_time(costs: LayoutCosts, layout: Layout, stages: tuple[tuple[int, ...], ...], r: int, overlap: float) -> tuple[float, ...]:
-    """(total, compute, bubble, communication, tail) lower bound of pipeline rank ``r``."""
+def _rank_time(costs: LayoutCosts, layout: Layout, stages: tuple[tuple[int, ...], ...], r: int, overlap: float,
+               times: list[dict[str, float]], before: list[float]) -> tuple[float, ...]:
+    """(total, compute, bubble, communication, tail) lower bound of pipeline rank ``r`` (``times``:
+    each stage's seconds per pass; ``before[s]``: the F seconds of the stages before ``s``)."""
     mine = layout.stages_of(r)
     share = layout.micro_batches / (2 if layout.schedule == "dualpipe" else 1)
-    passes = {k: share * sum(_stage_time(costs, stages[s], k) for s in mine) for k in ("F", "B", "W")}
+    passes = {k: share * sum(times[s][k] for s in mine) for k in ("F", "B", "W")}
     work = sum(passes.values())
     if overlap and layout.schedule in ("dualpipe", "dualpipev"):
         work -= overlap * min(passes["F"], passes["B"])
-    start = min(sum(_stage_time(costs, stages[j], "F") for j in range(s)) for s in mine)
+    start = min(before[s] for s in mine)
     held = {u for s in mine for u in stages[s]}
     reduce = min(costs.reductions[u] for u in held) if layout.dp * layout.cp > 1 else 0.0
     tail = _tail(costs, held)
@@ -155,7 +173,9 @@ def layout_bound(costs: LayoutCosts, layout: Layout, shape: ModelShape, *, fb_ov
     """Lower bounds of ``layout``'s step time and peak per-rank memory (``costs``: its units,
     from any layout with the same degrees, ZeRO stage, recompute and micro-batch size)."""
     stages = stage_units(layout, len(shape.layers))
-    ranks = [_rank_time(costs, layout, stages, r, fb_overlap) for r in range(layout.pp)]
+    times = [_stage_times(costs, units) for units in stages]
+    before = list(accumulate((t["F"] for t in times[:-1]), initial=0.0))
+    ranks = [_rank_time(costs, layout, stages, r, fb_overlap, times, before) for r in range(layout.pp)]
     total, compute, bubble, comm, tail = max(ranks)
     if states is None:
         states = lambda r: static_bytes(shape, layout, r)  # noqa: E731

@@ -129,13 +129,9 @@ def _price(scenario: Scenario, layout: Layout, op: str, token: str, rank: int, s
 
 
 def _passes(costs: LayoutCosts, scenario: Scenario, layout: Layout, units: tuple[int, ...]) -> dict[str, float]:
-    """Seconds of one stage's F, B, W with the collectives its units run on the compute stream."""
-    out = {k: sum(costs.passes[u][k] for u in units) for k in ("F", "B", "W")}
-    for u in units:
-        unit = costs.units[u]
-        for kind, calls in (("F", unit.cp_forward), ("B", unit.cp_backward)):
-            out[kind] += sum(_price(scenario, layout, op, "cp", 0, size) for op, size in calls)
-    return out
+    """Seconds of one stage's F, B, W with the collectives its units run on the compute stream (TP, CP
+    and EP: :attr:`planner.search.bounds.LayoutCosts.passes` prices all three)."""
+    return {k: sum(costs.passes[u][k] for u in units) for k in ("F", "B", "W")}
 
 
 def _reduce_seconds(scenario: Scenario, layout: Layout, units: list[Unit], rank: int) -> float:

@@ -7,10 +7,15 @@ candidate is a :class:`~simulator.layout.Layout` that passes the layout's own ch
 experts and ``dp x cp``; the global batch splits into whole micro-batches), so nothing
 the simulator rejects is ever proposed.
 
+Context parallelism: ``cp`` divides the devices left by ``tp`` and ``pp`` and splits the
+sequence into ``2 cp`` load-balanced chunks (:func:`simulator.layout.check_model`); the
+bounds price its KV ring as the replay does (blocking, on an idle cluster). Only
+transformer-like towers with self-attention have a ring: every bundled model type does.
+
 Kept out on purpose:
 
-- ``cp > 1``: the replay prices ring attention's KV exchange, but the lower bounds of
-  :mod:`planner.search.bounds` do not yet, so they would not be bounds;
+- TP x CP beyond one node (the ring's and TP's every-layer exchanges stay on NVLink;
+  long-context runs that need CP across nodes are not this space's target);
 - TP beyond one node (Megatron's advice, and the replay's TP groups assume NVLink);
 - micro-batch sizes other than the model's own ``b`` times 1/4, 1/2, 1, 2, 4 (activations
   grow linearly with it; the roofline's rate changes little).
@@ -57,8 +62,8 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _degrees(space: Space, shape: ModelShape) -> Iterator[tuple[int, int, int]]:
-    """``(tp, pp, ep)`` with ``dp = devices / (tp pp)``."""
+def _degrees(space: Space, shape: ModelShape) -> Iterator[tuple[int, int, int, int]]:
+    """``(tp, pp, cp, ep)`` with ``dp = devices / (tp pp cp)``."""
     experts = shape.experts or 1
     for tp in divisors(min(space.devices, space.per_node)):
         if space.devices % tp:
@@ -66,10 +71,13 @@ def _degrees(space: Space, shape: ModelShape) -> Iterator[tuple[int, int, int]]:
         for pp in divisors(space.devices // tp):
             if pp > len(shape.layers):
                 continue
-            dp = space.devices // (tp * pp)
-            for ep in divisors(dp):
-                if experts % ep == 0 and (ep == 1 or shape.experts):
-                    yield tp, pp, ep
+            for cp in divisors(min(space.devices // (tp * pp), space.per_node // tp)):
+                if cp > 1 and (shape.seq_len % (2 * cp) or space.devices % (tp * pp * cp)):
+                    continue
+                dp = space.devices // (tp * pp * cp)
+                for ep in divisors(dp * cp):
+                    if experts % ep == 0 and (ep == 1 or shape.experts):
+                        yield tp, pp, cp, ep
 
 
 def _schedules(pp: int, layers: int) -> Iterator[tuple[str, int]]:
@@ -94,20 +102,27 @@ def _candidate(shape: ModelShape, **fields) -> Layout | None:
 def enumerate_layouts(space: Space, shape: ModelShape) -> Iterator[Layout]:
     """Every valid layout of the space (even stage cuts where ``pp x vpp`` divides the
     layers; otherwise the cut is left for :mod:`planner.search.cuts`)."""
-    for tp, pp, ep in _degrees(space, shape):
-        dp = space.devices // (tp * pp)
-        for schedule, vpp in _schedules(pp, len(shape.layers)):
-            for mbs in space.micro_batch_sizes:
-                if space.global_batch % (dp * mbs):
-                    continue
-                for zero in range(4):
-                    for recompute in RECOMPUTE:
-                        for sp in (False, True) if tp > 1 else (False,):
-                            layout = _candidate(shape, dp=dp, tp=tp, pp=pp, ep=ep, sequence_parallel=sp, zero=zero, vpp=vpp,
-                                                recompute=recompute, micro_batch_size=mbs, global_batch_size=space.global_batch,
-                                                schedule=schedule, stage_layers=_even(shape, pp, vpp, schedule))
-                            if layout is not None:
-                                yield layout
+    own = space.micro_batch
+    sizes = sorted(space.micro_batch_sizes, key=lambda size: (size != own, size))  # the model's own size first: no rebuilt graph
+    for mbs in sizes:
+        for tp, pp, cp, ep in _degrees(space, shape):
+            dp = space.devices // (tp * pp * cp)
+            if space.global_batch % (dp * mbs):
+                continue
+            for schedule, vpp in _schedules(pp, len(shape.layers)):
+                yield from _variants(shape, space, dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, vpp=vpp, micro_batch_size=mbs,
+                                                        schedule=schedule, stage_layers=_even(shape, pp, vpp, schedule)))
+
+
+def _variants(shape: ModelShape, space: Space, degrees: dict) -> Iterator[Layout]:
+    """ZeRO stages, recompute modes and sequence parallelism on one choice of degrees and schedule."""
+    for zero in range(4):
+        for recompute in RECOMPUTE:
+            for sp in (False, True) if degrees["tp"] > 1 else (False,):
+                layout = _candidate(shape, **degrees, sequence_parallel=sp, zero=zero, recompute=recompute,
+                                    global_batch_size=space.global_batch)
+                if layout is not None:
+                    yield layout
 
 
 def _even(shape: ModelShape, pp: int, vpp: int, schedule: str) -> tuple[int, ...]:
