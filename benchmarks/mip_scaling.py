@@ -89,7 +89,8 @@ def dag_instances(quick: bool):
         yield f"DAG {ops} ops", TaskGraph(problem, by_operator(problem, contiguous_partitions(problem, 4))), None, None, None
 
 
-def _row(name: str, graph: TaskGraph, limits, builtin, optimum, time_limit: float) -> None:
+def _row(name: str, graph: TaskGraph, limits, builtin, optimum, time_limit: float, formulations=FORMULATIONS,
+         deterministic: bool = True) -> None:
     """Solve one instance with each formulation; print a line each."""
     warm = best_list_schedule(graph, memory_limit=limits, seeds=0)
     warm_order, warm_span = (warm.order, warm.makespan) if warm else (None, float("nan"))
@@ -99,9 +100,9 @@ def _row(name: str, graph: TaskGraph, limits, builtin, optimum, time_limit: floa
     for i, (device, _) in enumerate(graph.device_stream):
         busy[device] += graph.duration[i]
     spans = {}
-    for formulation in FORMULATIONS:
+    for formulation in formulations:
         began = time.monotonic()
-        settings = ScheduleSettings(time_limit=time_limit, formulation=formulation)
+        settings = ScheduleSettings(time_limit=time_limit, formulation=formulation, deterministic=deterministic)
         result = solve_schedule(graph, settings, warm_order=warm_order, memory_limit=limits)
         seconds = time.monotonic() - began
         spans[formulation] = result.makespan
@@ -110,7 +111,7 @@ def _row(name: str, graph: TaskGraph, limits, builtin, optimum, time_limit: floa
         best = f"{optimum * unit:.4g}" if optimum else "-"
         print(f"{name:32} {formulation:9} {len(graph.tasks):6d} {result.binaries:9d} {warm_span * unit:9.4g} "
               f"{result.makespan * unit:9.4g} {result.lower_bound * unit:9.4g} {best:>7} {100 * result.gap:6.2f} "
-              f"{100 * bubble:8.2f} {seconds:8.1f} {result.makespan / spans['tight']:8.3f}  {result.source}"
+              f"{100 * bubble:8.2f} {seconds:8.1f} {result.makespan / spans.get('tight', result.makespan):8.3f}  {result.source}"
               + ("  (restricted)" if result.restricted else ""), flush=True)
 
 
@@ -120,6 +121,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller instances only")
     parser.add_argument("--only", default=None, metavar="TEXT", help="only the instances whose name contains TEXT")
     parser.add_argument("--no-planner", action="store_true", help="skip the end-to-end planner line")
+    parser.add_argument("--formulation", choices=FORMULATIONS, default=None, help="only this formulation")
+    parser.add_argument("--nondeterministic", action="store_true", help="engines stopped by the wall clock (faster, not reproducible)")
     args = parser.parse_args()
     header = f"{'instance':32} {'form.':9} {'tasks':>6} {'binaries':>9} {'warm':>9} {'makespan':>9} {'bound':>9} {'optimum':>7} "
     header += f"{'gap %':>6} {'bubble %':>8} {'seconds':>8} {'vs tight':>8}  found by"
@@ -128,7 +131,8 @@ def main() -> None:
     instances = [*pipeline_instances(args.quick), *unequal_pass_instances(), *dag_instances(args.quick)]
     for name, graph, limits, builtin, optimum in instances:
         if args.only is None or args.only in name:
-            _row(name, graph, limits, builtin, optimum, args.time_limit)
+            _row(name, graph, limits, builtin, optimum, args.time_limit,
+                 (args.formulation,) if args.formulation else FORMULATIONS, not args.nondeterministic)
     if not args.no_planner:
         planner_end_to_end(args.time_limit)
 

@@ -41,7 +41,7 @@ def run_planner(scenario: Scenario, *, time_limit: float | None = None, memory_l
     progress = progress_printer(console) if console is not None else None
     left = max(seconds - (time.monotonic() - began), 0.0)
     return plan(scenario, time_limit=left, memory_limit_bytes=memory_limit_bytes, progress=progress, verbose=verbose,
-                **options)
+                nominal_time_limit=seconds, **options)
 
 
 def planned_schedule(scenario: Scenario, *, time_limit: float | None = None, memory_limit_bytes: float | None = None,

@@ -82,6 +82,10 @@ class PlanResult:
         return self.timeline.makespan
 
 
+#: Evaluations start no new candidate after this share of the time limit.
+EVALUATION_SHARE = 0.45
+
+
 @dataclass(frozen=True)
 class Budget:
     """When each step of :func:`plan` stops starting new work (:func:`time.monotonic` values).
@@ -102,7 +106,7 @@ class Budget:
     @classmethod
     def of(cls, seconds: float, tasks: int, began: float | None = None) -> Budget:
         began = time.monotonic() if began is None else began
-        return cls(began, began + seconds, began + 0.2 * seconds, began + 0.45 * seconds, 0.3 + 4e-5 * tasks)
+        return cls(began, began + seconds, began + 0.2 * seconds, began + EVALUATION_SHARE * seconds, 0.3 + 4e-5 * tasks)
 
     @property
     def lower_level_end(self) -> float:
@@ -287,11 +291,17 @@ def plan(
     progress: Callable[[Progress], None] | None = None,
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
+    deterministic: bool = True,
+    nominal_time_limit: float | None = None,
 ) -> PlanResult:
     """Plan ``scenario``: the best schedule found within ``time_limit`` seconds, certified.
 
     Four steps: :func:`propose` placements, :func:`evaluate` each, run the
-    :func:`lower_level` MIP on the best, :func:`check` it by replay.
+    :func:`lower_level` MIP on the best, :func:`check` it by replay. ``deterministic``: the
+    lower level's engines stop on work counts set from ``nominal_time_limit`` (default
+    ``time_limit``; a command passes the limit the user gave, not the time left after
+    reading the scenario, nor the time left after evaluations), so the same command gives
+    the same plan.
 
     >>> from planner.schedules.examples import example_scenario
     >>> result = plan(example_scenario(stages=2, micro_batches=4), time_limit=10)
@@ -312,8 +322,9 @@ def plan(
     chosen = candidates[0]
     remaining = budget.lower_level_end - time.monotonic()
     say(f"lower level: scheduling MIP on {chosen.name!r}, warm start {chosen.makespan * 1e3:.6g} ms ({chosen.order_source})")
+    work = max((1 - EVALUATION_SHARE) * (nominal_time_limit or seconds) - budget.check, 0.0)
     settings = ScheduleSettings(objective="memory" if goal == "memory" else "makespan", time_limit=max(remaining, 0.0),
-                                formulation=formulation, verbose=verbose)
+                                formulation=formulation, verbose=verbose, work_seconds=work, deterministic=deterministic)
     lower = lower_level(chosen, limits, settings, progress)
     notes = []
     if lower.source == "warm start" and lower.gap > 1e-9:

@@ -36,6 +36,8 @@ __all__ = ["plan_command", "progress_printer", "print_plan"]
 @click.option("--memory-like", "like_schedule", default=None, metavar="SCHEDULE",
               help="limit memory to the peak of this built-in schedule (e.g. dualpipe)")
 @click.option("--formulation", type=click.Choice(FORMULATIONS), default="tight", show_default=True)
+@click.option("--nondeterministic", is_flag=True, help="solvers stopped by the wall clock: often better on an idle"
+              " machine, but two runs may differ (default: work counts set from --time-limit, the same plan every run)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the schedule")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), help="write a Perfetto trace")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the report as JSON")
@@ -52,6 +54,7 @@ def plan_command(
     memory_limit_gb: float | None,
     like_schedule: str | None,
     formulation: str,
+    nondeterministic: bool,
     output: Path | None,
     trace_path: Path | None,
     json_path: Path | None,
@@ -84,7 +87,7 @@ def plan_command(
         limit = memory_like(loaded, like_schedule)
         console.print(f"memory limit: {fmt_bytes(limit)} per device (the peak of {like_schedule})", highlight=False)
     result = run_planner(loaded, time_limit=time_limit, memory_limit_bytes=limit, console=console, began=began,
-                         verbose=verbose, objective=objective, formulation=formulation,
+                         verbose=verbose, objective=objective, formulation=formulation, deterministic=not nondeterministic,
                          log=lambda line: console.print(line, highlight=False))
     print_plan(result, console)
     print_report(build_report(result.timeline), console, title=f"{loaded.name}: planned schedule")

@@ -13,11 +13,12 @@ feasibility.
 Laid out like the OR-Tools samples: data (integer ticks, horizon) → variables (one
 interval per task) → constraints per family (precedence, stream no-overlap, memory
 reservoir, interchangeable micro-batches in order) → objective → solve → status checked
-before values. The seed is fixed, but CP-SAT's parallel portfolio (``workers`` threads
-sharing solutions) stopped by the wall-clock is not deterministic: an answer proven
-optimal is the same every run, an unproven one may differ. Its deterministic mode
-(``interleave_search``) runs on one core and was 4-5 times slower to the same answers on
-the benchmark's 8 x 20 pipelines.
+before values. The seed is fixed; CP-SAT's parallel portfolio (``workers`` threads sharing
+solutions) stopped by the wall clock is not deterministic (an unproven answer may differ
+run to run), so the lower level by default passes ``deterministic_time``: the workers'
+steps interleaved on one thread (``interleave_search``) and stopped by CP-SAT's own work
+count. Its search also depends on the wall-clock limit it is given, so the caller derives
+that limit from the time limit, not from the time left.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class CpSatResult:
     order: dict[tuple[str, str], list[int]]
     status: str  # "optimal" or "feasible" (CP-SAT's own words)
     bound_seconds: float  # CP-SAT's proven lower bound on the makespan (in its ticks)
+    by_clock: bool = False  # stopped by the wall-clock limit (then not reproducible)
 
 
 def cpsat_available() -> bool:
@@ -128,9 +130,17 @@ def solve_order(
     hint: Mapping[tuple[str, str], Sequence[int]] | None = None,
     seed: int = 0,
     workers: int = 8,
+    precedences: Sequence[tuple[int, int]] = (),
+    lower_bound: float = 0.0,
+    deterministic_time: float | None = None,
 ) -> CpSatResult | None:
     """The best order CP-SAT finds in about ``seconds`` (None when it finds none); with a
-    ``hint``, never worse than it in ticks."""
+    ``hint``, never worse than it in ticks. ``precedences`` (i ends before j starts) and
+    ``lower_bound`` (seconds) are what the caller proved holds for some optimal schedule
+    (:mod:`planner.mip.strengthen`): with them CP-SAT stops as soon as it reaches the bound.
+    Precedences the hint breaks are left out. With ``deterministic_time`` the search is
+    deterministic (``interleave_search``: the workers' steps interleaved on one thread,
+    stopped by CP-SAT's own work count); ``seconds`` is then only a safety net."""
     from ortools.sat.python import cp_model
 
     # -- data: ticks rounded up; the hint re-timed in ticks is feasible, so it bounds the horizon
@@ -144,7 +154,7 @@ def solve_order(
     # -- variables ---------------------------------------------------------------------------------
     start = [model.NewIntVar(release[t], max(horizon - p[t] - tail[t], release[t]), f"S{t}") for t in range(n)]
     interval = [model.NewFixedSizeIntervalVar(start[t], p[t], f"I{t}") for t in range(n)]
-    makespan = model.NewIntVar(0, horizon, "C")
+    makespan = model.NewIntVar(min(math.floor(lower_bound * TICKS_PER_SECOND), horizon), horizon, "C")
     # -- constraints -------------------------------------------------------------------------------
     for k, arc in enumerate(graph.arcs):  # precedence
         model.Add(start[arc.dst] >= start[arc.src] + p[arc.src] + ticks.lag[k])
@@ -154,6 +164,9 @@ def solve_order(
         for a, b in zip(chain, chain[1:]):
             if not position or position[a] < position[b]:
                 model.Add(start[b] >= start[a] + p[a])
+    if not position or all(position[i] < position[j] for i, j in precedences if graph.device_stream[i] == graph.device_stream[j]):
+        for i, j in precedences:
+            model.Add(start[j] >= start[i] + p[i])
     lengths = _memory(model, graph, limits, start, p, horizon)
     for t in range(n):  # completion with the tail cut
         model.Add(makespan >= start[t] + p[t] + tail[t])
@@ -165,7 +178,7 @@ def solve_order(
         for (first, last), length in lengths.items():
             model.AddHint(length, starts[last] + p[last] - starts[first])
         model.AddHint(makespan, max(starts[t] + p[t] + tail[t] for t in range(n)))
-    return _solve(model, graph, start, seconds, seed, workers)
+    return _solve(model, graph, start, seconds, seed, workers, deterministic_time)
 
 
 def _lifetimes(graph: TaskGraph) -> list[tuple[int, int, float]] | None:
@@ -242,17 +255,23 @@ def _reservoirs(model, graph: TaskGraph, limits: Mapping[str, float], start, p: 
         model.AddReservoirConstraint(times, changes, 0, max(capacity, 0))
 
 
-def _solve(model, graph: TaskGraph, start, seconds: float, seed: int, workers: int) -> CpSatResult | None:
-    """Solve within ``seconds`` of wall-clock; the order of a feasible or optimal answer."""
+def _solve(model, graph: TaskGraph, start, seconds: float, seed: int, workers: int,
+           deterministic_time: float | None) -> CpSatResult | None:
+    """Solve within ``seconds`` of wall-clock (and ``deterministic_time`` of CP-SAT's work
+    units, deterministically, when given); the order of a feasible or optimal answer."""
     from ortools.sat.python import cp_model
 
     solver = cp_model.CpSolver()
     solver.parameters.random_seed = seed
     solver.parameters.num_workers = workers
     solver.parameters.max_time_in_seconds = seconds
+    if deterministic_time is not None:
+        solver.parameters.interleave_search = True
+        solver.parameters.max_deterministic_time = deterministic_time
     status = solver.Solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     order = graph.order_from_starts([solver.Value(s) / TICKS_PER_SECOND for s in start])
+    by_clock = status != cp_model.OPTIMAL and solver.WallTime() >= 0.98 * seconds
     return CpSatResult(order, "optimal" if status == cp_model.OPTIMAL else "feasible",
-                       solver.BestObjectiveBound() / TICKS_PER_SECOND)
+                       solver.BestObjectiveBound() / TICKS_PER_SECOND, by_clock)

@@ -6,7 +6,10 @@ device stream. Laid out in the fixed order of a job-shop model, one function per
 data      durations p, lags (transfer time between devices), heads r (release) and
           tails q from longest paths, an incumbent makespan U (warm start), windows
           and big-M values                                              :func:`_data`
-primal    OR-Tools CP-SAT from the warm start (:mod:`planner.mip.cpsat`); a shorter
+strength  (tight) symmetry chains and the precedences memory forces, closed, with the
+          heads and tails they imply (:mod:`planner.mip.strengthen`)     :func:`_data`
+primal    the active schedule over that graph (:mod:`planner.mip.construct`), then
+          OR-Tools CP-SAT from the incumbent (:mod:`planner.mip.cpsat`); a shorter
           order becomes the incumbent and tightens U before the model is built
                                                                         :func:`_cpsat_phase`
 pairs     every same-stream pair fixed (first, second) or free (a binary);
@@ -55,8 +58,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from planner.mip import FORMULATIONS
+from planner.mip.construct import active_schedule
 from planner.mip.cpsat import cpsat_available, solve_order
 from planner.mip.highs import HighsResult, Progress, outcome, progress_log, run_highs
+from planner.mip.strengthen import Strengthening, canonical_order, strengthen
 from planner.taskgraph import TaskGraph
 from simulator.errors import InfeasibleError
 
@@ -79,6 +84,15 @@ class ScheduleSettings:
     start stay free (the answer is then a neighbourhood's, marked ``restricted``).
     ``cpsat_fraction`` of the time goes first to OR-Tools CP-SAT (:mod:`planner.mip.cpsat`,
     ``cpsat_workers`` threads, ``seed``) as a primal heuristic; 0 turns it off.
+
+    ``deterministic`` (the default): every engine stops on a count of its own work, set
+    from ``work_seconds`` (default ``time_limit``) — CP-SAT's deterministic time with its
+    workers interleaved on one thread, a number of neighbourhood sub-MIPs each held to a
+    number of branch-and-bound nodes, and a node limit on the final MIP — so the same input
+    and time limit give the same plan; the wall clock (``time_limit``) is only a safety net
+    (on a machine too slow for the work it stops first, and the answer may then differ).
+    False: every engine stops by the wall clock (CP-SAT's parallel portfolio, ``cpsat_workers``
+    threads), faster to good answers on an idle machine, not reproducible.
     """
 
     objective: str = "makespan"
@@ -95,6 +109,13 @@ class ScheduleSettings:
     cpsat_workers: int = 8
     seed: int = 0
     verbose: bool = False
+    deterministic: bool = True
+    work_seconds: float | None = None
+
+    @property
+    def work(self) -> float:
+        """The seconds the work counts of deterministic mode are set from."""
+        return self.time_limit if self.work_seconds is None else self.work_seconds
 
     def __post_init__(self) -> None:
         if self.formulation not in FORMULATIONS:
@@ -128,7 +149,7 @@ class LowerLevelResult:
     binaries: int
     fixed_pairs: int
     constraints: int
-    source: str  # the engine that found the order: "warm start", "cp-sat", "mip neighbourhood search" or "mip"
+    source: str  # the engine that found the order: "warm start", "active schedule", "cp-sat", "mip neighbourhood search", "mip"
     peak_memory: Mapping[str, float] = field(default_factory=dict)
     neighbourhoods: int = 0  # sub-MIPs solved by the neighbourhood search
     improvements: int = 0
@@ -160,6 +181,11 @@ class _Data:
     warm: _Incumbent | None
     window_upper: float  # the warm start's makespan when it bounds the answer, else inf
     latest: list[float]  # latest start LS_t in the windows
+    strong: Strengthening | None = None  # symmetry and memory precedences (tight formulation)
+
+    def precedes(self, i: int, j: int, graph: TaskGraph) -> bool:
+        """i ends before j starts in every schedule the model allows (data flow, symmetry, memory)."""
+        return self.strong.precedes(i, j) if self.strong is not None else graph.precedes(i, j)
 
     @property
     def n(self) -> int:
@@ -197,20 +223,58 @@ def _with_incumbent(d: _Data, incumbent: _Incumbent, settings: ScheduleSettings)
     return replace(d, warm=incumbent, window_upper=window_upper, latest=latest)
 
 
+def _warm(graph: TaskGraph, warm_order: Order | None, limits, strong: Strengthening | None) -> _Incumbent | None:
+    """The warm start, timed; with symmetry fixed, in micro-batch order per class (as
+    short or shorter: :func:`~planner.mip.strengthen.canonical_order`) so the model holds it."""
+    if warm_order is None:
+        return None
+    starts = graph.left_shift(warm_order)
+    warm = _Incumbent({key: list(v) for key, v in warm_order.items()}, starts, graph.makespan(starts))
+    if strong is None:
+        return warm
+    order = canonical_order(graph, warm.order)
+    try:
+        starts = graph.left_shift(order)
+    except InfeasibleError:
+        return warm
+    span = graph.makespan(starts)
+    if span <= warm.span + 1e-12 and _within_memory(graph, order, graph.memory_delta(), limits):
+        warm = _Incumbent(order, starts, span, warm.engine)
+    return _constructed(graph, warm, limits, strong)
+
+
+def _constructed(graph: TaskGraph, warm: _Incumbent, limits, strong: Strengthening) -> _Incumbent:
+    """The active schedule over the strengthened graph (:mod:`planner.mip.construct`) when
+    it is shorter than the warm start."""
+    if len(graph.tasks) > CONSTRUCT_MAX_TASKS:
+        return warm
+    order = active_schedule(graph, strong, limits)
+    if order is None:
+        return warm
+    try:
+        starts = graph.left_shift(order)
+    except InfeasibleError:
+        return warm
+    span = graph.makespan(starts)
+    if span >= warm.span - 1e-12 or not _within_memory(graph, order, graph.memory_delta(), limits):
+        return warm
+    logger.info("active schedule: %.6g ms from %.6g ms", span * 1e3, warm.span * 1e3)
+    return _Incumbent(order, starts, span, "active schedule")
+
+
 def _data(graph: TaskGraph, warm_order: Order | None, memory_limit, settings: ScheduleSettings) -> _Data:
     limits = _limits(graph, memory_limit)
-    p, tail = list(graph.duration), list(graph.tail)
-    warm = None
-    if warm_order is not None:
-        starts = graph.left_shift(warm_order)
-        warm = _Incumbent({key: list(v) for key, v in warm_order.items()}, starts, graph.makespan(starts))
+    strong = strengthen(graph, limits) if settings.tight else None
+    p, tail = list(graph.duration), list(strong.tail if strong else graph.tail)
+    release, lower = (list(strong.release), strong.lower) if strong else (list(graph.release), graph.lower_bound)
+    warm = _warm(graph, warm_order, limits, strong)
     # A weighted objective may lengthen the schedule to save memory: then the warm start's
     # makespan is no bound on the answer and cannot shape the windows.
     window_upper = warm.span if warm is not None and settings.objective == "makespan" else math.inf
     horizon = window_upper if math.isfinite(window_upper) else sum(p) + sum(a.lag for a in graph.arcs)
     latest = [horizon - p[t] - (tail[t] if settings.tight else 0.0) for t in range(len(p))]
-    return _Data(p, list(graph.release), tail, graph.lower_bound, graph.memory_delta(), limits, graph.static_memory, warm,
-                 window_upper, latest)
+    return _Data(p, release, tail, lower, graph.memory_delta(), limits, graph.static_memory, warm, window_upper, latest,
+                 strong)
 
 
 def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: _Clock,
@@ -221,18 +285,26 @@ def _cpsat_phase(graph: TaskGraph, d: _Data, settings: ScheduleSettings, clock: 
     if (d.warm is None or settings.objective != "makespan" or settings.cpsat_fraction <= 0
             or d.warm.span <= d.lower + 1e-9 or d.n > CPSAT_MAX_TASKS or not cpsat_available()):
         return d, False
-    seconds = clock.budget(settings.cpsat_fraction * settings.time_limit)
-    if seconds <= 0:
-        return d, False
+    # Deterministic: CP-SAT's search depends on its wall-clock limit too (not only on when it
+    # stops), so the limit comes from the work seconds, the same every run, unless less time is left.
+    seconds = clock.budget(settings.cpsat_fraction * (settings.work if settings.deterministic else settings.time_limit))
     given = time.monotonic()
     # Many threads on few cores overrun a short limit by a second or more: few for short calls.
     workers = settings.cpsat_workers if seconds >= 4.0 else min(settings.cpsat_workers, 2)
     limit = CPSAT_SHARE_OF_BUDGET * seconds - CPSAT_OVERRUN_PER_TASK * d.n
     if limit < MIN_SOLVE_SECONDS:
         return d, False
-    found = solve_order(graph, d.limits, seconds=limit, hint=d.warm.order, seed=settings.seed, workers=workers)
+    work = None
+    if settings.deterministic:
+        workers = DETERMINISTIC_CPSAT_WORKERS
+        work = CPSAT_WORK_PER_SECOND * limit
+    extra = d.strong.precedences if d.strong is not None else ()
+    found = solve_order(graph, d.limits, seconds=limit, hint=d.warm.order, seed=settings.seed, workers=workers,
+                        precedences=extra, lower_bound=d.lower, deterministic_time=work)
     logger.debug("CP-SAT: %s in %.2f s (time limit %.2f s)", found and found.status, time.monotonic() - given, limit)
-    if found is None:
+    if found is None or (settings.deterministic and found.by_clock):
+        if found is not None:
+            logger.info("CP-SAT stopped by the wall clock before its deterministic time: its answer is not used")
         return d, False
     try:
         starts = graph.left_shift(found.order)
@@ -265,9 +337,9 @@ class _Pairs:
 
 def _fixed_order(graph: TaskGraph, i: int, j: int, d: _Data, tight: bool, signature) -> tuple[int, int] | None:
     """The order of the same-stream pair (i, j) when something other than a binary decides it."""
-    if graph.precedes(i, j):
+    if d.precedes(i, j, graph):
         return i, j
-    if graph.precedes(j, i):
+    if d.precedes(j, i, graph):
         return j, i
     if not tight:
         return None
@@ -352,9 +424,12 @@ def _precedence(rows: _Rows, graph: TaskGraph, d: _Data) -> None:
 
 
 def _stream_order(rows: _Rows, graph: TaskGraph, d: _Data, pairs: _Pairs) -> None:
-    """S_i + p_i <= S_j for a fixed pair not already implied by an arc path."""
+    """S_i + p_i <= S_j for a fixed pair not already implied by a path of arcs and of the
+    strengthening's precedences (those get a row each)."""
+    direct = set(d.strong.precedences) if d.strong is not None else set()
     for i, j in pairs.fixed:
-        if not graph.precedes(i, j):
+        implied = graph.precedes(i, j) or ((i, j) not in direct and d.strong is not None and d.strong.precedes(i, j))
+        if not implied:
             rows.add([(i, 1.0), (j, -1.0)], [], 0.0, -d.p[i])
 
 
@@ -380,9 +455,9 @@ def _memory_row(graph: TaskGraph, d: _Data, fixed_before: set, index: dict, memb
     for u in members:
         if u == t or abs(change[u]) < 1e-15:
             continue
-        if (u, t) in fixed_before or graph.precedes(u, t):
+        if (u, t) in fixed_before or d.precedes(u, t, graph):
             constant += change[u]
-        elif (t, u) in fixed_before or graph.precedes(t, u):
+        elif (t, u) in fixed_before or d.precedes(t, u, graph):
             continue
         elif (u, t) in index:  # y = 1 means u before t
             y_terms.append((index[u, t], change[u]))
@@ -524,6 +599,20 @@ CPSAT_SHARE_OF_BUDGET = 0.8
 #: ... less this per task: building the model and CP-SAT's presolve ran past its limit
 #: by about 4 ms a task (the 1500-task random DAG: 6 s over a 12 s limit).
 CPSAT_OVERRUN_PER_TASK = 4e-3
+#: Above this many tasks the active schedule is not built (its loop is quadratic in the ready set).
+CONSTRUCT_MAX_TASKS = 5_000
+#: Deterministic mode's work counts per second of ``work_seconds``, sized so that the wall
+#: clock (the safety net) rarely stops an engine first on a loaded 2-core machine. CP-SAT's
+#: deterministic time per second of its wall-clock limit: 6 units took 21-25 s of wall clock
+#: on the 100-operator random DAG at load average 7 (0.45 units per CPU-second), 0.3 units
+#: 1.2-1.8 s on pipeline-8x24-uneven (presolve); at 0.2 units a second the wall clock
+#: stopped it first in one of two runs. Neighbourhood sub-MIPs took 0.05-6 s each. HiGHS nodes: the
+#: 480-task models ran 50-300 nodes a second.
+CPSAT_WORK_PER_SECOND = 0.1
+DETERMINISTIC_CPSAT_WORKERS = 2  # better than 8 at the same deterministic time on the DAG
+LNS_ROUNDS_PER_SECOND = 0.5
+LNS_NODES = 200
+FINAL_NODES_PER_SECOND = 30.0
 #: Solver calls shorter than this are not worth starting.
 MIN_SOLVE_SECONDS = 0.2
 #: The full MIP's root LP runs past HiGHS's limit about twice as long as a neighbourhood's
@@ -558,9 +647,14 @@ class _Clock:
         return min(wanted, room) if room >= MIN_SOLVE_SECONDS else 0.0
 
     def run(self, model: _Model, limit: float, settings: ScheduleSettings, **options) -> HighsResult:
+        """One HiGHS call. In deterministic mode a call the wall clock stopped (not its node
+        count or optimality) comes back without its primal values: where it stopped is luck."""
         result = run_highs(model.problem, time_limit=limit, **settings.options(), **options)
         self.overhead = result.overhead
         self.overrun = max(self.overrun, result.solver_seconds - limit)
+        if settings.deterministic and result.status == "user_limit" and result.solver_seconds >= 0.98 * limit:
+            logger.debug("HiGHS stopped by the wall clock: its incumbent is not used (deterministic mode)")
+            return replace(result, has_primal=False)
         return result
 
 
@@ -599,7 +693,7 @@ def _window_solve(graph: TaskGraph, model: _Model, d: _Data, search: _Search, ma
     model.lo.value = np.where(mask, 0.0, values)
     model.hi.value = np.where(mask, 1.0, values)
     model.earliness.value = 1e-4 / max(d.n, 1) / max(search.best.span, 1e-12)
-    result = clock.run(model, budget, settings)
+    result = clock.run(model, budget, settings, **({"mip_max_nodes": LNS_NODES} if settings.deterministic else {}))
     search.rounds += 1
     if not result.has_primal:
         return False
@@ -628,9 +722,14 @@ def _neighbourhood_search(graph: TaskGraph, model: _Model, d: _Data, settings: S
     stream_size = max(len(v) for v in graph.streams.values())
     width = max(d.warm.span * settings.lns_window / max(stream_size, 1), max(d.p))
     deadline = clock.began + settings.lns_fraction * settings.time_limit
+    rounds = math.inf
+    if settings.deterministic:  # a count of sub-MIPs; the wall clock a safety net
+        share = max(settings.lns_fraction - settings.cpsat_fraction, 0.1)
+        rounds = math.ceil(LNS_ROUNDS_PER_SECOND * share * settings.work)
+        deadline = clock.began + min(settings.lns_fraction + 0.15, 0.8) * settings.time_limit
 
     def open_() -> bool:
-        return time.monotonic() < deadline and search.best.span > d.lower + 1e-9
+        return time.monotonic() < deadline and search.best.span > d.lower + 1e-9 and search.rounds < rounds
 
     while open_() and width <= 2 * search.best.span:
         improved, left = False, 0.0
@@ -681,6 +780,8 @@ def _solve(graph: TaskGraph, model: _Model, d: _Data, settings: ScheduleSettings
         # neither its values nor its bound speak for the whole one.
         return HighsResult("time limit", has_primal=False, dual_bound=None, seconds=0.0), search
     with progress_log(progress, clock.began) as log_options:
+        if settings.deterministic:
+            log_options["mip_max_nodes"] = max(int(FINAL_NODES_PER_SECOND * (1 - settings.lns_fraction) * settings.work), 1)
         result = clock.run(model, max(remaining, MIN_SOLVE_SECONDS), settings, warm_start=True, **log_options)
     return result, search
 
