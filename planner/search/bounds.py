@@ -29,6 +29,9 @@ Time, per pipeline rank ``r`` (every data-parallel replica is the same by symmet
   ZeRO-1/2 weight all-gather, which the step adds after the replay
   (:mod:`planner.layouts.step`), computed the same way.
 
+The rank's comm stream gives a second bound, ``step >= comm_r + optimizer_r + gather_r``
+(:func:`_comm_stream`): its ZeRO-3 gathers and gradient reductions run one after another.
+
 Memory, per rank: the model states and buffers of :func:`simulator.memory_model.rank_memory`
 (the replay's static memory) plus the activations of every F the rank's schedule lists
 before its first B (:mod:`planner.search.inflight`: none of them can have been freed
@@ -154,7 +157,24 @@ def _rank_time(costs: LayoutCosts, layout: Layout, stages: tuple[tuple[int, ...]
     held = {u for s in mine for u in stages[s]}
     reduce = min(costs.reductions[u] for u in held) if layout.dp * layout.cp > 1 else 0.0
     tail = _tail(costs, held)
-    return start + work + reduce + tail, work, start, reduce, tail
+    comm = _comm_stream(costs, layout, [u for s in mine for u in stages[s]], share)
+    return max(start + work + reduce, comm) + tail, work, start, reduce, tail
+
+
+def _comm_stream(costs: LayoutCosts, layout: Layout, units: list[int], share: float) -> float:
+    """Seconds the rank's one comm stream is busy (:mod:`planner.layouts.dataparallel` runs its
+    calls one after another): ZeRO-3's all-gather before every F and B of each unit, and the
+    dense gradients' reduction — once per step (ZeRO-0/1) or every micro-batch (ZeRO-2/3).
+    Many calls of one op over one group cost at least one call of their summed bytes (each ring
+    step's price is a max of ``a + b S`` with latency ``a >= 0``, so it is subadditive), which
+    keeps this a lower bound whatever the buckets. It binds where gathers repeat per micro-batch
+    (ZeRO-3 with many micro-batches, e.g. under PP x CP), which the per-rank compute bound misses."""
+    if layout.dp * layout.cp == 1:
+        return 0.0
+    dense = sum(costs.units[u].dense_params for u in units)
+    gathers = costs._price("all_gather", "dp-cp", 2 * share * GATHER_BYTES * dense) if layout.zero == 3 else 0.0
+    op = "all_reduce" if layout.zero < 2 else "reduce_scatter"
+    return gathers + costs._price(op, "dp-cp", (share if layout.zero >= 2 else 1) * GRAD_BYTES * dense)
 
 
 def _memory(costs: LayoutCosts, layout: Layout, shape: ModelShape, stages, held_f: Mapping[int, Mapping[int, int]],
