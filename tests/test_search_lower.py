@@ -210,3 +210,16 @@ def test_every_sampled_pipeline_layout_of_the_space_gets_a_stage_model_whose_war
             expected = sum(costs.passes[u]["F"] for u in units)
             assert graph.duration[graph.index[(f"s{k}", 0, "F")]] == pytest.approx(expected, rel=1e-12), layout
     assert built >= len(layouts) // 2
+
+
+def test_a_search_cut_short_after_replaying_only_layouts_over_memory_says_so_not_that_nothing_fits():
+    from opplan.commands.plan_hybrid import _refuse_if_empty
+    from planner.search.bounds import Bound
+    from planner.search.search import Replayed, SearchResult
+    from simulator.errors import InputError
+    from simulator.layout import Layout
+
+    over = Replayed(Layout(dp=2), Bound(time=1.0, memory=1.0, compute=1.0, bubble=0.0, communication=0.0, tail=0.0), None,
+                    refused="over memory")
+    with pytest.raises(InputError, match=r"time limit ended before any layout was replayed within memory \(1 replayed"):
+        _refuse_if_empty(SearchResult(replayed=[over], timed_out=True), None)

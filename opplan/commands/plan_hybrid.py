@@ -82,8 +82,10 @@ def _refuse_if_empty(result: SearchResult, scenario: Scenario) -> None:
     """No plan: say why, with the least memory any layout would need per GPU."""
     if result.best is not None:
         return
-    if result.timed_out and result.replayed == []:
-        raise InputError("the time limit ended before any layout was replayed; give more --time-limit", field="--time-limit")
+    if result.timed_out:
+        tried = f" ({len(result.replayed)} replayed, none within memory)" if result.replayed else ""
+        raise InputError(f"the time limit ended before any layout was replayed within memory{tried}; give more --time-limit",
+                         field="--time-limit")
     need = ""
     if result.least_memory is not None:
         memory, layout = result.least_memory
