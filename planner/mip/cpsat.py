@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from planner.mip.strengthen import interchangeable_classes
 from planner.taskgraph import TaskGraph
 
 __all__ = ["CpSatResult", "cpsat_available", "solve_order"]
@@ -112,14 +113,7 @@ class _TickData:
 def _interchangeable_chains(graph: TaskGraph) -> list[list[int]]:
     """Tasks of one operator and kind whose micro-batches take the same devices: any
     schedule can run them in micro-batch order (the MIP's symmetry breaking)."""
-    ops = graph.problem.graph.topological_order
-    route: dict[int, tuple] = {}
-    classes: dict[tuple, list[int]] = {}
-    for t, task in enumerate(graph.tasks):
-        if task.mb not in route:
-            route[task.mb] = tuple(graph.device_of[type(task)(op, task.mb, "F")] for op in ops)
-        classes.setdefault((task.op, task.kind, graph.device_of[task], route[task.mb]), []).append(t)
-    return [sorted(members, key=lambda t: graph.tasks[t].mb) for members in classes.values() if len(members) > 1]
+    return [members for members in interchangeable_classes(graph).values() if len(members) > 1]
 
 
 def solve_order(
