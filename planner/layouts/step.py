@@ -29,6 +29,7 @@ from simulator.hybrid import GATHER_BYTES, optimizer_seconds
 from simulator.layout import Layout
 from simulator.memory_model import rank_memory
 from simulator.scenario import Scenario
+from simulator.schedule import Schedule
 
 __all__ = ["StepResult", "simulate_layout", "step_result"]
 
@@ -202,8 +203,8 @@ def describe_layout(layout: Layout) -> str:
 
 
 def simulate_layout(scenario: Scenario, layout: Layout, name: str = "", collectives: str = "auto",
-                    event_budget: float = LINK_REPLAY_EVENTS) -> StepResult:
-    """Build, replay and measure ``layout`` on ``scenario`` (collectives as
+                    event_budget: float = LINK_REPLAY_EVENTS, pipeline: Schedule | None = None) -> StepResult:
+    """Build, replay and measure ``layout`` on ``scenario`` (``pipeline`` and collectives as
     :func:`planner.layouts.build.build_layout_run` takes them)."""
-    run = build_layout_run(scenario, layout, name, collectives=collectives, event_budget=event_budget)
+    run = build_layout_run(scenario, layout, name, pipeline=pipeline, collectives=collectives, event_budget=event_budget)
     return step_result(run, replay(run.problem, run.schedule), name or describe_layout(layout))

@@ -16,11 +16,9 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from typing import Protocol
 
-from planner.layouts.build import build_layout_run
-from planner.layouts.step import StepResult, describe_layout, simulate_layout, step_result
+from planner.layouts.step import StepResult, simulate_layout
 from planner.search.context import with_micro_batch_size
 from planner.timebox import OutOfTime, can_interrupt, time_boxed
-from simulator.engine import replay
 from simulator.errors import InputError
 from simulator.layout import Layout
 from simulator.scenario import Scenario, load_scenario
@@ -60,9 +58,8 @@ def replay_on_links(scenario: Scenario, layout: Layout, seconds: float, pipeline
         return None  # no SIGALRM outside the main thread: the replay could not be cut short
     with time_boxed(seconds):
         try:
-            run = build_layout_run(with_micro_batch_size(scenario, layout.micro_batch_size), layout, pipeline=pipeline,
-                                   collectives="links")
-            return step_result(run, replay(run.problem, run.schedule), describe_layout(layout))
+            return simulate_layout(with_micro_batch_size(scenario, layout.micro_batch_size), layout, collectives="links",
+                                   pipeline=pipeline)
         except (OutOfTime, InputError):
             return None
 

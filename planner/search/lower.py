@@ -56,8 +56,8 @@ import time
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from planner.layouts.build import build_layout_run, pipeline_schedule, shape_of
-from planner.layouts.step import StepResult, step_result
+from planner.layouts.build import pipeline_schedule, shape_of
+from planner.layouts.step import StepResult, simulate_layout
 from planner.mip.cpsat import cpsat_available, solve_order
 from planner.mip.lower import LowerLevelResult, ScheduleSettings, solve_schedule
 from planner.schedules import SCHEDULES
@@ -66,7 +66,6 @@ from planner.search.context import with_micro_batch_size
 from planner.search.evaluate import SEARCH_REPLAY_EVENTS
 from planner.taskgraph import Arc, TaskGraph
 from simulator.collectives import Collective, collective_time
-from simulator.engine import replay
 from simulator.errors import OpplanError
 from simulator.graph import Edge, Operator, OperatorGraph
 from simulator.hybrid import GATHER_BYTES, Unit, model_units, stage_units
@@ -308,8 +307,7 @@ def _as_pipeline(model: StageModel, order) -> Schedule:
 def replay_pipeline(scenario: Scenario, layout: Layout, pipeline: Schedule | None, name: str = "") -> StepResult:
     """One replayed step of ``layout`` with ``pipeline`` as its stage-level schedule (None: the built-in),
     in the search's collective mode so the warm and improved steps compare like for like."""
-    run = build_layout_run(scenario, layout, name, pipeline=pipeline, event_budget=SEARCH_REPLAY_EVENTS)
-    return step_result(run, replay(run.problem, run.schedule), name or "lower level")
+    return simulate_layout(scenario, layout, name or "lower level", event_budget=SEARCH_REPLAY_EVENTS, pipeline=pipeline)
 
 
 @dataclass(frozen=True)
