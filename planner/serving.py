@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -117,7 +116,7 @@ def _evaluate(setup: ServingSetup, candidate: Candidate, seconds: float | None) 
     """One candidate replayed (None when ``seconds`` ran out first)."""
     policy = BatchPolicy(setup.workload.batching.policy, candidate.max_num_seqs, candidate.max_num_batched_tokens)
     try:
-        with time_boxed(seconds) if seconds is not None else nullcontext():
+        with time_boxed(seconds):
             report = simulate_serving(setup, tp=candidate.tp, pp=candidate.pp, policy=policy)
         return Evaluated(candidate, report)
     except OpplanError as exc:

@@ -31,9 +31,10 @@ def _raise(signum, frame) -> None:
 
 
 @contextmanager
-def time_boxed(seconds: float) -> Iterator[None]:
-    """Interrupt the block after ``seconds`` with :class:`OutOfTime` (where :func:`can_interrupt`)."""
-    if not can_interrupt():
+def time_boxed(seconds: float | None) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` with :class:`OutOfTime` (where :func:`can_interrupt`;
+    ``None``: no limit)."""
+    if seconds is None or not can_interrupt():
         yield
         return
     previous = signal.signal(signal.SIGALRM, _raise)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -95,7 +94,7 @@ def _replay_layouts(setup, loaded: Scenario, layouts: tuple[str, ...], table: Ta
     rows = []
     for tp, pp in [_parse_layout(text) for text in layouts] or [default_layout(loaded.parallel, loaded.problem.cluster)]:
         try:
-            with time_boxed(deadline - time.monotonic()) if deadline is not None else nullcontext():
+            with time_boxed(None if deadline is None else deadline - time.monotonic()):
                 report = simulate_serving(setup, tp=tp, pp=pp)
         except OutOfTime:
             console.print(f"{_label(loaded, tp, pp)}: not replayed (the time limit ended first)", highlight=False)
